@@ -1,0 +1,106 @@
+"""Frozen values passed between pipeline stages.
+
+Raw Kubernetes objects stay ``dict[str, Any]`` (``KubeObject``) and are wrapped once,
+in ``Manifest``, with the place they came from.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, TypeAlias
+
+KubeObject: TypeAlias = dict[str, Any]
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY_VALUE = "gitsync"
+APP_LABEL = "gitsync.io/app"
+WAVE_ANNOTATION = "gitsync.io/wave"
+PRUNE_ANNOTATION = "gitsync.io/prune"
+DRIFT_ANNOTATION = "gitsync.io/drift"
+RECREATE_ANNOTATION = "gitsync.io/recreate"
+FIELD_MANAGER = "gitsync"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True, order=True)
+class ObjectRef:
+    """Identity of one Kubernetes object; ``namespace`` is "" for cluster-scoped kinds."""
+
+    group: str
+    version: str
+    kind: str
+    namespace: str
+    name: str
+
+    @classmethod
+    def of(cls, obj: KubeObject) -> ObjectRef:
+        api_version = str(obj.get("apiVersion", ""))
+        group, _, version = api_version.rpartition("/")
+        meta = obj.get("metadata") or {}
+        return cls(
+            group=group,
+            version=version,
+            kind=str(obj.get("kind", "")),
+            namespace=str(meta.get("namespace") or ""),
+            name=str(meta.get("name") or ""),
+        )
+
+    @property
+    def api_version(self) -> str:
+        return f"{self.group}/{self.version}" if self.group else self.version
+
+    @property
+    def group_kind(self) -> str:
+        return f"{self.kind}.{self.group}" if self.group else self.kind
+
+    def identity(self) -> tuple[str, str, str, str]:
+        """Version-free key: the same object served under two versions is one object."""
+        return (self.group, self.kind, self.namespace, self.name)
+
+    def __str__(self) -> str:
+        where = f"{self.namespace}/" if self.namespace else ""
+        return f"{self.group_kind} {where}{self.name}"
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "group": self.group,
+            "version": self.version,
+            "kind": self.kind,
+            "namespace": self.namespace,
+            "name": self.name,
+        }
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Revision:
+    """One checked-out commit of an app's repository."""
+
+    sha: str
+    ref: str
+    path: str
+    subject: str
+    author: str
+    time: datetime
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Manifest:
+    """One desired object and where it was written (``source`` is ``file:line``)."""
+
+    obj: KubeObject
+    source: str
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef.of(self.obj)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ManifestSet:
+    """Everything one revision wants in the cluster, already validated."""
+
+    manifests: tuple[Manifest, ...]
+    warnings: tuple[str, ...] = field(default=())
+
+    def __len__(self) -> int:
+        return len(self.manifests)

@@ -1,0 +1,6 @@
+"""Shared pytest set-up: fixtures live in tests/support and are loaded as plugins."""
+
+pytest_plugins = [
+    "tests.support.cluster_fixtures",
+    "tests.support.git_fixtures",
+]
