@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
@@ -17,7 +18,9 @@ def mask_url(text: str) -> str:
     return _CREDENTIAL_IN_URL.sub(r"\g<scheme>***@", text)
 
 
-def _mask_credentials(_: Any, __: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def _mask_credentials(
+    _: Any, __: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
     for key, value in event_dict.items():
         if isinstance(value, str) and "://" in value:
             event_dict[key] = mask_url(value)

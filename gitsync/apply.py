@@ -1,0 +1,207 @@
+"""Apply a Plan: stage by stage in dependency order, in parallel within a stage.
+
+A stage must fully succeed before the next starts, so a broken ConfigMap never gets a
+Deployment rolled onto it. CRDs must be Established (and discovery refreshed) before
+their custom resources; Namespaces Active before what lives in them.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from gitsync import order
+from gitsync.errors import InvalidError, KubeError
+from gitsync.fields import content_hash, fingerprint
+from gitsync.inventory import InventoryEntry
+from gitsync.kube import Kube
+from gitsync.model import RECREATE_ANNOTATION, KubeObject, ObjectRef
+from gitsync.plan import Action, Change, Plan
+
+Identity = tuple[str, str, str, str]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Failure:
+    ref: ObjectRef
+    source: str
+    message: str
+
+    def __str__(self) -> str:
+        where = f"{self.source}: " if self.source else ""
+        return f"{where}{self.ref}: {self.message}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class AppliedSet:
+    """What an apply wrote and what the app now owns; partial if ``failures``."""
+
+    entries: tuple[InventoryEntry, ...]
+    written: tuple[ObjectRef, ...]
+    failures: tuple[Failure, ...]
+    objects: tuple[KubeObject, ...]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+
+Progress = Callable[[int, int], None]
+
+
+def apply_plan(
+    plan: Plan,
+    *,
+    kube: Kube,
+    workers: int = 16,
+    ready_timeout: float = 60.0,
+    progress: Progress | None = None,
+) -> AppliedSet:
+    """Write every create/update of ``plan``; stop after the first stage with a failure."""
+    desired = [c for c in plan.changes if c.action is not Action.PRUNE and c.manifest]
+    by_id = {c.ref.identity(): c for c in desired}
+    stages = order.stages([c.manifest for c in desired if c.manifest is not None])
+    total = sum(1 for c in desired if c.action is not Action.UNCHANGED)
+    done = 0
+
+    entries: list[InventoryEntry] = []
+    written: list[ObjectRef] = []
+    objects: list[KubeObject] = []
+    failures: list[Failure] = []
+    for stage in stages:
+        changes = [by_id[m.ref.identity()] for m in stage.manifests]
+        todo = [c for c in changes if c.action is not Action.UNCHANGED]
+        for c in changes:
+            if c.action is Action.UNCHANGED and c.manifest is not None:
+                live = c.live or {}
+                entries.append(_entry(c, live))
+                objects.append(live)
+        if not todo:
+            continue
+        with ThreadPoolExecutor(max_workers=min(workers, len(todo))) as pool:
+            results = list(pool.map(lambda c: _apply_one(kube, c), todo))
+        for change, result in zip(todo, results, strict=True):
+            if isinstance(result, Failure):
+                failures.append(result)
+                continue
+            entries.append(_entry(change, result))
+            written.append(change.ref)
+            objects.append(result)
+        done += len(todo)
+        if progress is not None:
+            progress(done, total)
+        if failures:
+            break
+        try:
+            _wait_ready(kube, [r for r in results if not isinstance(r, Failure)], ready_timeout)
+        except KubeError as e:
+            failures.append(Failure(ref=todo[0].ref, source="", message=str(e)))
+            break
+    return AppliedSet(
+        entries=tuple(entries),
+        written=tuple(written),
+        failures=tuple(failures),
+        objects=tuple(objects),
+    )
+
+
+def _entry(change: Change, live: KubeObject) -> InventoryEntry:
+    assert change.manifest is not None  # noqa: S101 - desired changes always carry one
+    return InventoryEntry(
+        ref=change.ref,
+        manifest_hash=content_hash(change.manifest.obj),
+        fingerprint=fingerprint(live),
+    )
+
+
+def _apply_one(kube: Kube, change: Change) -> KubeObject | Failure:
+    assert change.manifest is not None  # noqa: S101
+    obj = change.manifest.obj
+    try:
+        return kube.apply(obj)
+    except InvalidError as e:
+        annotations = obj.get("metadata", {}).get("annotations") or {}
+        if "immutable" in str(e) and annotations.get(RECREATE_ANNOTATION) == "true":
+            return _recreate(kube, change)
+        hint = (
+            f' (immutable field: set annotation {RECREATE_ANNOTATION}: "true" to let gitsync '
+            "delete and recreate it)"
+            if "immutable" in str(e)
+            else ""
+        )
+        return Failure(ref=change.ref, source=change.source, message=_api_message(e) + hint)
+    except KubeError as e:
+        return Failure(ref=change.ref, source=change.source, message=_api_message(e))
+
+
+def _api_message(e: KubeError) -> str:
+    text = str(e)
+    _, sep, rest = text.partition(": ")
+    return rest if sep else text
+
+
+def _recreate(kube: Kube, change: Change, timeout: float = 60.0) -> KubeObject | Failure:
+    """Delete and create again, for an opted-in immutable change."""
+    assert change.manifest is not None  # noqa: S101
+    try:
+        kube.delete(change.ref, propagation="Foreground")
+        deadline = time.monotonic() + timeout
+        while kube.get(change.ref) is not None:
+            if time.monotonic() > deadline:
+                return Failure(
+                    ref=change.ref,
+                    source=change.source,
+                    message=f"still terminating after {timeout:.0f}s; recreate abandoned",
+                )
+            time.sleep(0.2)
+        return kube.apply(change.manifest.obj)
+    except KubeError as e:
+        return Failure(ref=change.ref, source=change.source, message=_api_message(e))
+
+
+def _wait_ready(kube: Kube, objs: list[KubeObject], timeout: float) -> None:
+    """Block until CRDs are Established and Namespaces Active; refresh discovery after CRDs."""
+    crds = [o for o in objs if o.get("kind") == "CustomResourceDefinition"]
+    namespaces = [o for o in objs if o.get("kind") == "Namespace"]
+    deadline = time.monotonic() + timeout
+    for obj in crds + namespaces:
+        ref = ObjectRef.of(obj)
+        current: KubeObject | None = obj
+        while not _is_ready(current):
+            if time.monotonic() > deadline:
+                msg = f"{ref} was not ready after {timeout:.0f}s"
+                raise KubeError(msg)
+            time.sleep(0.1)
+            current = kube.get(ref)
+    if crds:
+        # A freshly established CRD may take a moment to appear in discovery.
+        wanted = {
+            (o["spec"]["group"], v["name"], o["spec"]["names"]["kind"])
+            for o in crds
+            for v in o["spec"].get("versions", [])
+            if v.get("served", True)
+        }
+        while True:
+            disc = kube.discover(refresh=True)
+            if all(disc.resource(*w) for w in wanted):
+                return
+            if time.monotonic() > deadline:
+                msg = "custom resource kinds did not appear in discovery: " + ", ".join(
+                    sorted(f"{g}/{v} {k}" for g, v, k in wanted if not disc.resource(g, v, k))
+                )
+                raise KubeError(msg)
+            time.sleep(0.2)
+
+
+def _is_ready(obj: KubeObject | None) -> bool:
+    if obj is None:
+        return False
+    status = obj.get("status") or {}
+    if obj.get("kind") == "Namespace":
+        return bool(status.get("phase", "Active") == "Active")
+    return any(
+        c.get("type") == "Established" and c.get("status") == "True"
+        for c in status.get("conditions") or []
+    )

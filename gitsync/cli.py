@@ -1,0 +1,272 @@
+"""Command line: ``gitsync render | diff | sync --once | status``.
+
+Exit codes follow ``kubectl diff``: 0 in sync / success, 1 differences / sync failed,
+2 an error before anything could be compared (bad config, unreachable repo, bad render).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gitsync import __version__
+
+EXIT_OK, EXIT_DIFF, EXIT_ERROR = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="gitsync",
+        description="GitOps reconciler: Git → Kubernetes, with rollback and drift attribution.",
+    )
+    p.add_argument("--version", action="version", version=f"gitsync {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def app_args(sp: argparse.ArgumentParser) -> None:
+        g = sp.add_argument_group("app (from a config file, or from flags)")
+        g.add_argument("--config", help="config file (see README: config reference)")
+        g.add_argument("--app", help="app name; with --config, which app (default: all)")
+        g.add_argument("--repo", help="Git URL: https://, ssh://, git://, file://")
+        g.add_argument("--ref", default="main", help="branch, tag or commit (default: main)")
+        g.add_argument("--path", default=".", help="directory inside the repo (default: .)")
+        g.add_argument("--namespace", default="default", help="default namespace for objects")
+        g.add_argument("--no-prune", action="store_true", help="never delete objects")
+        a = sp.add_argument_group("Git credentials")
+        a.add_argument("--username", help="HTTPS user name")
+        a.add_argument("--password-file", help="file holding an HTTPS password")
+        a.add_argument("--token-file", help="file holding an HTTPS token")
+        a.add_argument("--ssh-key", help="SSH private key file")
+        a.add_argument("--known-hosts", help="known_hosts file for SSH host key checks")
+        k = sp.add_argument_group("cluster")
+        k.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, in-cluster)")
+        k.add_argument("--context", help="kubeconfig context")
+        k.add_argument("--state-namespace", help="where app state Secrets live")
+        k.add_argument("--cache-dir", help="Git checkout cache (default: ~/.cache/gitsync/git)")
+        sp.add_argument("--log-format", choices=["json", "console"], help="log format")
+
+    r = sub.add_parser("render", help="print the rendered manifests (YAML)")
+    app_args(r)
+    d = sub.add_parser("diff", help="show what a sync would change; exit 1 if anything")
+    app_args(d)
+    s = sub.add_parser("sync", help="run the pipeline once")
+    s.add_argument("--once", action="store_true", help="run once and exit (the only mode)")
+    app_args(s)
+    st = sub.add_parser("status", help="show the app's recorded revision and inventory")
+    app_args(st)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from gitsync import log
+
+    log.configure(json=None if args.log_format is None else args.log_format == "json")
+    from gitsync.errors import GitSyncError
+
+    try:
+        handler = {
+            "render": _render,
+            "diff": _diff,
+            "sync": _sync,
+            "status": _status,
+        }[args.command]
+        return handler(args)
+    except GitSyncError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+# --- app and context resolution --------------------------------------------------------
+
+
+def _apps(args: argparse.Namespace) -> tuple[list[Any], str, str]:
+    from gitsync import config
+    from gitsync.errors import ConfigError
+
+    if args.config:
+        cfg = config.load(args.config)
+        apps = [a for a in cfg.apps if not args.app or a.name == args.app]
+        if not apps:
+            msg = f"{args.config}: no app named {args.app!r}"
+            raise ConfigError(msg)
+        return apps, cfg.state_namespace, cfg.cache_dir
+    if not args.repo:
+        msg = "give --config FILE or --repo URL (see gitsync COMMAND --help)"
+        raise ConfigError(msg)
+    raw = {
+        "apps": [
+            {
+                "name": args.app or "default",
+                "repo": args.repo,
+                "ref": args.ref,
+                "path": args.path,
+                "namespace": args.namespace,
+                "prune": not args.no_prune,
+            }
+        ]
+    }
+    cfg = config.parse(raw, source="flags")
+    return list(cfg.apps), cfg.state_namespace, ""
+
+
+def _auth(args: argparse.Namespace) -> Any:
+    from gitsync.source import GitAuth
+
+    def read(path: str | None) -> str | None:
+        return Path(path).read_text(encoding="utf-8").strip() if path else None
+
+    password = read(args.password_file)
+    token = read(args.token_file)
+    if not any([args.username, password, token, args.ssh_key, args.known_hosts]):
+        return None
+    return GitAuth(
+        username=args.username or "",
+        password=password or "",
+        token=token or "",
+        ssh_key=Path(args.ssh_key) if args.ssh_key else None,
+        known_hosts=Path(args.known_hosts) if args.known_hosts else None,
+    )
+
+
+def _context(args: argparse.Namespace, state_ns: str, cache: str) -> Any:
+    from gitsync.kube import Kube
+    from gitsync.sync import Context
+
+    cache_dir = Path(args.cache_dir or cache or Path.home() / ".cache" / "gitsync" / "git")
+    if cache and not args.cache_dir and not _writable(Path(cache)):
+        cache_dir = Path.home() / ".cache" / "gitsync" / "git"
+    return Context(
+        kube=Kube.connect(kubeconfig=args.kubeconfig, context=args.context),
+        cache_dir=cache_dir,
+        state_namespace=args.state_namespace or state_ns,
+        auth=_auth(args),
+    )
+
+
+def _writable(path: Path) -> bool:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return path.is_dir()
+
+
+# --- commands --------------------------------------------------------------------------
+
+
+def _render(args: argparse.Namespace) -> int:
+    from gitsync.sync import prepare_render
+
+    apps, state_ns, cache = _apps(args)
+    ctx = _context(args, state_ns, cache)
+    docs: list[dict[str, Any]] = []
+    for app in apps:
+        _rev, manifests = prepare_render(app, ctx)
+        for w in manifests.warnings:
+            print(f"# warning: {w}", file=sys.stderr)
+        docs.extend(m.obj for m in manifests.manifests)
+    yaml.safe_dump_all(docs, sys.stdout, sort_keys=False)
+    return EXIT_OK
+
+
+def _fmt(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, default=str)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _diff(args: argparse.Namespace) -> int:
+    from gitsync.plan import Action
+    from gitsync.sync import prepare
+
+    apps, state_ns, cache = _apps(args)
+    ctx = _context(args, state_ns, cache)
+    differs = False
+    marks = {Action.CREATE: "+", Action.UPDATE: "~", Action.PRUNE: "-"}
+    for app in apps:
+        prep = prepare(app, ctx)
+        print(f"app {app.name} @ {prep.revision.sha[:12]} ({prep.revision.subject})")
+        for change in prep.plan.changes:
+            if change.action is Action.UNCHANGED:
+                continue
+            differs = True
+            where = f"  ({change.source})" if change.source else ""
+            print(f"{marks[change.action]} {change.action.value} {change.ref}{where}")
+            if change.action is Action.UPDATE:
+                for d in change.diff:
+                    print(f"    {d.path}: {_fmt(d.live)} → {_fmt(d.desired)}")
+        counts = prep.plan.counts()
+        print(
+            f"  {counts['create']} to create, {counts['update']} to update, "
+            f"{counts['prune']} to prune, {counts['unchanged']} unchanged"
+        )
+    return EXIT_DIFF if differs else EXIT_OK
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from gitsync.sync import sync_app
+
+    apps, state_ns, cache = _apps(args)
+    ctx = _context(args, state_ns, cache)
+    progress = _progress_bar() if sys.stdout.isatty() else None
+    failed = False
+    for app in apps:
+        result = sync_app(app, ctx, progress=progress)
+        c = result.counts
+        if result.result == "failed":
+            failed = True
+            print(f"{app.name}: sync failed: {result.error}")
+            continue
+        print(
+            f"{app.name} @ {result.revision[:12]}: {result.result}: {c.get('create', 0)} created, "
+            f"{c.get('update', 0)} updated, {c.get('unchanged', 0)} unchanged, "
+            f"{c.get('pruned', 0)} pruned in {result.seconds:.2f}s"
+        )
+        if result.prune_guard:
+            print(f"  prune skipped: {result.prune_guard}")
+    return EXIT_DIFF if failed else EXIT_OK
+
+
+def _progress_bar() -> Any:
+    def show(done: int, total: int) -> None:
+        if total < 20:
+            return
+        width = 30
+        filled = width * done // max(total, 1)
+        end = "\n" if done >= total else ""
+        sys.stdout.write(
+            f"\r  applying [{'#' * filled}{'.' * (width - filled)}] {done}/{total}{end}"
+        )
+        sys.stdout.flush()
+
+    return show
+
+
+def _status(args: argparse.Namespace) -> int:
+    from gitsync import inventory
+
+    apps, state_ns, cache = _apps(args)
+    ctx = _context(args, state_ns, cache)
+    for app in apps:
+        st = inventory.read_state(ctx.kube, app=app.name, namespace=ctx.state_namespace)
+        print(f"app:              {app.name}")
+        print(f"revision:         {st.revision or '(never synced)'}")
+        print(f"healthy revision: {st.healthy_revision or '(none)'}")
+        print(f"quarantined:      {', '.join(st.quarantined) or '(none)'}")
+        print(f"inventory:        {len(st.inventory)} object(s)")
+        if st.history:
+            last = st.history[-1]
+            reason = f" ({last.reason})" if last.reason else ""
+            print(f"last sync:        {last.result} {last.sha[:12]} at {last.time}{reason}")
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,175 @@
+"""The config file: parsed and validated before anything touches a cluster.
+
+Every problem is reported with its key path (``apps[1].interval``), unknown keys are
+errors (a typo like ``selfheal`` must not silently mean "off"), and the result is frozen.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from gitsync.errors import ConfigError
+
+_DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
+_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$")
+
+
+def parse_duration(value: Any) -> float:
+    """``90``, ``"90s"``, ``"5m"``, ``"1h30m"`` → seconds."""
+    if isinstance(value, bool):
+        msg = f"{value!r} is not a duration"
+        raise ValueError(msg)  # noqa: TRY004 - pydantic reports ValueError, not TypeError
+    if isinstance(value, int | float):
+        seconds = float(value)
+    else:
+        m = _DURATION.match(str(value).strip())
+        if not m or not any(m.groups()):
+            msg = f"{value!r} is not a duration (use e.g. 30s, 5m, 1h30m)"
+            raise ValueError(msg)
+        h, mi, s, ms = (int(g) if g else 0 for g in m.groups())
+        seconds = h * 3600 + mi * 60 + s + ms / 1000
+    if seconds <= 0:
+        msg = f"{value!r} must be longer than zero"
+        raise ValueError(msg)
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+
+class AuthConfig(_Model):
+    """Credentials come from a Secret: keys ``username``/``password`` or ``token``, or
+    ``identity`` (ssh private key) and ``known_hosts``."""
+
+    secret_ref: str = Field(alias="secretRef")
+
+
+class PruneConfig(_Model):
+    enabled: bool = True
+    allow_empty: bool = Field(default=False, alias="allowEmpty")
+    allow_mass_delete: bool = Field(default=False, alias="allowMassDelete")
+
+
+class HealthConfig(_Model):
+    timeout: Duration | None = None
+
+
+class RollbackConfig(_Model):
+    enabled: bool = True
+
+
+class IgnoreRule(_Model):
+    kind: str
+    name: str = "*"
+    pointer: str = Field(alias="jsonPointer")
+
+
+class AppConfig(_Model):
+    name: str
+    repo: str
+    ref: str = Field(default="main", alias="branch")
+    path: str = "."
+    interval: Duration = 60.0
+    namespace: str = "default"
+    prune: PruneConfig = PruneConfig()
+    self_heal: bool = Field(default=False, alias="selfHeal")
+    health: HealthConfig = HealthConfig()
+    rollback: RollbackConfig = RollbackConfig()
+    auth: AuthConfig | None = None
+    ignore: tuple[IgnoreRule, ...] = ()
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not _NAME.match(v):
+            msg = f"{v!r} must be a DNS label of at most 52 characters (it names a Secret)"
+            raise ValueError(msg)
+        return v
+
+    @field_validator("prune", mode="before")
+    @classmethod
+    def _prune(cls, v: Any) -> Any:
+        return {"enabled": v} if isinstance(v, bool) else v
+
+    @field_validator("path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        if Path(v).is_absolute() or ".." in Path(v).parts:
+            msg = f"{v!r} must be a relative path inside the repository"
+            raise ValueError(msg)
+        return v
+
+
+class GitSyncConfig(_Model):
+    apps: tuple[AppConfig, ...]
+    state_namespace: str = Field(default="gitsync-system", alias="stateNamespace")
+    cache_dir: str = Field(default="/var/cache/gitsync", alias="cacheDir")
+
+    @model_validator(mode="after")
+    def _unique(self) -> GitSyncConfig:
+        seen: set[str] = set()
+        for i, app in enumerate(self.apps):
+            if app.name in seen:
+                msg = f"apps[{i}].name: app name {app.name!r} is used twice"
+                raise ValueError(msg)
+            seen.add(app.name)
+        return self
+
+
+def _loc(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else ("." if out else "") + str(part)
+    return out
+
+
+def parse(raw: Any, *, source: str = "config") -> GitSyncConfig:
+    try:
+        return GitSyncConfig.model_validate(raw)
+    except ValidationError as e:
+        lines = []
+        for err in e.errors():
+            where = _loc(tuple(err["loc"]))
+            text = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                text = "unknown key"
+            lines.append(f"{source}: {where}: {text}" if where else f"{source}: {text}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def load(path: str | Path) -> GitSyncConfig:
+    """Read and validate a config file; every problem in one ConfigError."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        msg = f"{p}: cannot read config: {e}"
+        raise ConfigError(msg) from e
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        msg = f"{p}{line}: config is not valid YAML: {getattr(e, 'problem', e)}"
+        raise ConfigError(msg) from e
+    if not isinstance(raw, dict):
+        msg = f"{p}: config must be a mapping with an 'apps' list"
+        raise ConfigError(msg)
+    return parse(raw, source=str(p))

@@ -1,0 +1,286 @@
+"""Plan: what applying a ManifestSet would change, field by field.
+
+Desired state is the server-side-apply dry-run result, not the raw manifest: both sides
+of the diff are then defaulted by the same API server, so a resync of an unchanged commit
+shows nothing. Objects whose manifest and owned-field fingerprint match what the last
+sync recorded are ``unchanged`` without any call beyond one LIST per kind.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from deepdiff import DeepDiff
+
+from gitsync.errors import ApplyError, KubeError
+from gitsync.fields import content_hash, fingerprint
+from gitsync.inventory import AppState, InventoryEntry
+from gitsync.kube import Kube, Resource
+from gitsync.model import APP_LABEL, KubeObject, Manifest, ManifestSet, ObjectRef
+
+MASK = "***"
+_VOLATILE_META = (
+    "managedFields",
+    "resourceVersion",
+    "uid",
+    "generation",
+    "creationTimestamp",
+    "selfLink",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+)
+
+Identity = tuple[str, str, str, str]
+
+
+class Action(enum.StrEnum):
+    CREATE = "create"
+    UPDATE = "update"
+    UNCHANGED = "unchanged"
+    PRUNE = "prune"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FieldDiff:
+    """One field that differs: ``live`` → ``desired`` (Secret values already masked)."""
+
+    path: str
+    live: Any
+    desired: Any
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Change:
+    ref: ObjectRef
+    action: Action
+    source: str = ""
+    manifest: Manifest | None = None
+    diff: tuple[FieldDiff, ...] = ()
+    live: KubeObject | None = field(default=None, repr=False, compare=False)
+    # The kind is defined by a CRD in the same set; it is planned after the CRD stage.
+    deferred: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Plan:
+    changes: tuple[Change, ...]
+
+    def by_action(self, action: Action) -> tuple[Change, ...]:
+        return tuple(c for c in self.changes if c.action is action)
+
+    def counts(self) -> dict[str, int]:
+        return {a.value: len(self.by_action(a)) for a in Action}
+
+    @property
+    def in_sync(self) -> bool:
+        return all(c.action is Action.UNCHANGED for c in self.changes)
+
+
+# --- normalization and diff (pure) ----------------------------------------------------
+
+
+def normalize(obj: Mapping[str, Any]) -> KubeObject:
+    """Drop what the server owns or changes on every write (status, versions, uids)."""
+    out = {k: v for k, v in obj.items() if k != "status"}
+    meta = dict(out.get("metadata") or {})
+    for key in _VOLATILE_META:
+        meta.pop(key, None)
+    out["metadata"] = meta
+    return out
+
+
+def _is_secret(obj: Mapping[str, Any]) -> bool:
+    return obj.get("kind") == "Secret" and obj.get("apiVersion") == "v1"
+
+
+def mask_secret(obj: Mapping[str, Any]) -> KubeObject:
+    """A copy with every Secret value replaced by ``***``; other kinds returned as is."""
+    if not _is_secret(obj):
+        return dict(obj)
+    out = dict(obj)
+    for key in ("data", "stringData"):
+        if isinstance(out.get(key), dict):
+            out[key] = dict.fromkeys(out[key], MASK)
+    return out
+
+
+def _path(parts: Iterable[Any]) -> str:
+    text = ""
+    for p in parts:
+        if isinstance(p, int):
+            text += f"[{p}]"
+        else:
+            text += ("." if text else "") + str(p)
+    return text
+
+
+def diff_objects(live: Mapping[str, Any], desired: Mapping[str, Any]) -> tuple[FieldDiff, ...]:
+    """Field-level differences between two normalized objects, Secret values masked."""
+    live_n, desired_n = normalize(live), normalize(desired)
+    secret_changes: list[FieldDiff] = []
+    if _is_secret(desired_n):
+        live_data = live_n.get("data") or {}
+        for key, value in (desired_n.get("data") or {}).items():
+            if key in live_data and live_data[key] != value:
+                secret_changes.append(
+                    FieldDiff(path=f"data.{key}", live=MASK, desired=f"{MASK} (changed)")
+                )
+        live_n, desired_n = mask_secret(live_n), mask_secret(desired_n)
+    tree = DeepDiff(live_n, desired_n, view="tree", ignore_order=False)
+    out: list[FieldDiff] = []
+    for kind in (
+        "values_changed",
+        "type_changes",
+        "dictionary_item_added",
+        "dictionary_item_removed",
+        "iterable_item_added",
+        "iterable_item_removed",
+    ):
+        for level in tree.get(kind, []):
+            live_v = None if kind.endswith("_added") else level.t1
+            desired_v = None if kind.endswith("_removed") else level.t2
+            out.append(
+                FieldDiff(
+                    path=_path(level.path(output_format="list")), live=live_v, desired=desired_v
+                )
+            )
+    out.extend(secret_changes)
+    return tuple(sorted(out, key=lambda d: d.path))
+
+
+# --- planning against the cluster -----------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LiveIndex:
+    """The app's live objects, found with one labelled LIST per kind."""
+
+    objects: dict[Identity, KubeObject]
+
+
+def list_live(kube: Kube, app: str, resources: Iterable[Resource]) -> LiveIndex:
+    """One LIST per kind, all namespaces, selected by the app label."""
+    objects: dict[Identity, KubeObject] = {}
+    unique = {(r.group, r.kind): r for r in resources}
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = pool.map(
+            lambda r: kube.list_objects(r, label_selector=f"{APP_LABEL}={app}"),
+            unique.values(),
+        )
+        for items, _rv in results:
+            for item in items:
+                objects[ObjectRef.of(item).identity()] = item
+    return LiveIndex(objects)
+
+
+def _served(kube: Kube, ref: ObjectRef, *, refresh: bool) -> Resource | None:
+    disc = kube.discover(refresh=refresh)
+    return disc.for_ref(ref)
+
+
+def make_plan(
+    manifests: ManifestSet,
+    *,
+    kube: Kube,
+    app: str,
+    state: AppState,
+    workers: int = 16,
+) -> Plan:
+    """Compare the desired set with the cluster; only ``kube`` reads, nothing is written."""
+    kube.discover(refresh=True)
+    known: dict[Identity, InventoryEntry] = {e.ref.identity(): e for e in state.inventory}
+    desired_ids = {m.ref.identity() for m in manifests.manifests}
+
+    resources: list[Resource] = []
+    deferred: list[Manifest] = []
+    ready: list[tuple[Manifest, Resource]] = []
+    for m in manifests.manifests:
+        res = _served(kube, m.ref, refresh=False)
+        if res is None:
+            deferred.append(m)
+        else:
+            ready.append((m, res))
+            resources.append(res)
+    stale = [e for e in state.inventory if e.ref.identity() not in desired_ids]
+    for e in stale:
+        res = _served(kube, e.ref, refresh=False)
+        if res is not None:
+            resources.append(res)
+    live = list_live(kube, app, resources)
+
+    def plan_one(item: tuple[Manifest, Resource]) -> Change:
+        m, _res = item
+        ref = m.ref
+        current = live.objects.get(ref.identity())
+        entry = known.get(ref.identity())
+        if (
+            current is not None
+            and entry is not None
+            and entry.manifest_hash == content_hash(m.obj)
+            and entry.fingerprint
+            and entry.fingerprint == fingerprint(current)
+        ):
+            return Change(
+                ref=ref, action=Action.UNCHANGED, source=m.source, manifest=m, live=current
+            )
+        return plan_object(kube, m, current)
+
+    failures: list[tuple[str, str]] = []
+    changes: list[Change] = []
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for (m, _res), result in zip(ready, pool.map(_capture(plan_one), ready), strict=True):
+            if isinstance(result, KubeError):
+                failures.append((f"{m.source}: {m.ref}", str(result)))
+            else:
+                changes.append(result)
+    if failures:
+        raise ApplyError(failures)
+    for m in deferred:
+        changes.append(
+            Change(
+                ref=m.ref,
+                action=Action.CREATE,
+                source=m.source,
+                manifest=m,
+                diff=_whole(m.obj),
+                deferred=True,
+            )
+        )
+    for e in stale:
+        changes.append(
+            Change(ref=e.ref, action=Action.PRUNE, live=live.objects.get(e.ref.identity()))
+        )
+    return Plan(changes=tuple(changes))
+
+
+def plan_object(kube: Kube, m: Manifest, current: KubeObject | None) -> Change:
+    """Dry-run one object and diff it against what is live."""
+    result = kube.apply(m.obj, dry_run=True)
+    if current is None and result.get("metadata", {}).get("resourceVersion"):
+        # It exists but without our label (adoption): diff against the real object.
+        current = kube.get(m.ref)
+    if current is None:
+        return Change(
+            ref=m.ref, action=Action.CREATE, source=m.source, manifest=m, diff=_whole(m.obj)
+        )
+    diff = diff_objects(current, result)
+    action = Action.UPDATE if diff else Action.UNCHANGED
+    return Change(ref=m.ref, action=action, source=m.source, manifest=m, diff=diff, live=current)
+
+
+def _whole(obj: KubeObject) -> tuple[FieldDiff, ...]:
+    return diff_objects({}, {"metadata": {}} | mask_secret(obj))
+
+
+def _capture(fn: Any) -> Any:
+    def run(arg: Any) -> Any:
+        try:
+            return fn(arg)
+        except KubeError as e:
+            return e
+
+    return run
