@@ -87,7 +87,7 @@ class Revision:
 class Manifest:
     """One desired object and where it was written (``source`` is ``file:line``)."""
 
-    obj: KubeObject
+    obj: KubeObject = field(repr=False)  # may be a Secret: never in a repr or a log
     source: str
 
     @property

@@ -16,7 +16,7 @@ from typing import Any
 
 from deepdiff import DeepDiff
 
-from gitsync.errors import ApplyError, KubeError
+from gitsync.errors import ApplyError, KubeError, NotFoundError
 from gitsync.fields import content_hash, fingerprint
 from gitsync.inventory import AppState, InventoryEntry
 from gitsync.kube import Kube, Resource
@@ -211,6 +211,11 @@ def make_plan(
         if res is not None:
             resources.append(res)
     live = list_live(kube, app, resources)
+    new_namespaces = frozenset(
+        m.ref.name
+        for m in manifests.manifests
+        if m.ref.kind == "Namespace" and not m.ref.group and m.ref.identity() not in live.objects
+    )
 
     def plan_one(item: tuple[Manifest, Resource]) -> Change:
         m, _res = item
@@ -227,7 +232,7 @@ def make_plan(
             return Change(
                 ref=ref, action=Action.UNCHANGED, source=m.source, manifest=m, live=current
             )
-        return plan_object(kube, m, current)
+        return plan_object(kube, m, current, new_namespaces)
 
     failures: list[tuple[str, str]] = []
     changes: list[Change] = []
@@ -257,9 +262,27 @@ def make_plan(
     return Plan(changes=tuple(changes))
 
 
-def plan_object(kube: Kube, m: Manifest, current: KubeObject | None) -> Change:
+def plan_object(
+    kube: Kube,
+    m: Manifest,
+    current: KubeObject | None,
+    new_namespaces: frozenset[str] = frozenset(),
+) -> Change:
     """Dry-run one object and diff it against what is live."""
-    result = kube.apply(m.obj, dry_run=True)
+    try:
+        result = kube.apply(m.obj, dry_run=True)
+    except NotFoundError:
+        if current is None and m.ref.namespace in new_namespaces:
+            # Its Namespace is created by this same set; the apply stage validates it.
+            return Change(
+                ref=m.ref,
+                action=Action.CREATE,
+                source=m.source,
+                manifest=m,
+                diff=_whole(m.obj),
+                deferred=True,
+            )
+        raise
     if current is None and result.get("metadata", {}).get("resourceVersion"):
         # It exists but without our label (adoption): diff against the real object.
         current = kube.get(m.ref)

@@ -103,7 +103,7 @@ def prune(
 
 def _not_ours(live: dict[str, object] | None, app: str) -> str:
     if live is None:
-        return "already gone"
+        return "not found with the app label (deleted, or relabelled by someone else)"
     meta = live.get("metadata")
     meta = meta if isinstance(meta, dict) else {}
     labels = meta.get("labels") or {}

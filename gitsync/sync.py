@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from gitsync import inventory, log
 from gitsync.apply import AppliedSet, Failure, Progress, apply_plan
@@ -137,25 +138,7 @@ def sync_app(app: AppConfig, ctx: Context, *, progress: Progress | None = None) 
             seconds=time.monotonic() - started,
         )
 
-    pruned = PruneResult()
-    if app.prune.enabled:
-        pruned = prune(
-            prep.plan.changes,
-            kube=ctx.kube,
-            app=app.name,
-            desired_count=len(prep.manifests),
-            inventory_count=len(prep.state.inventory),
-            allow_empty=app.prune.allow_empty,
-            allow_mass=app.prune.allow_mass_delete,
-        )
-        if pruned.guard:
-            logger.warning("prune.guarded", reason=pruned.guard, kept=len(pruned.kept))
-        for ref in pruned.deleted:
-            logger.info("prune.deleted", object=str(ref))
-        for skip in pruned.skipped:
-            logger.info("prune.skipped", object=str(skip.ref), reason=skip.reason)
-    else:
-        pruned = PruneResult(kept=tuple(c.ref for c in prep.plan.by_action(Action.PRUNE)))
+    pruned = _prune(app, ctx, prep, logger)
     kept = {r.identity() for r in pruned.kept}
     state = _record(
         prep.state,
@@ -188,6 +171,28 @@ def sync_app(app: AppConfig, ctx: Context, *, progress: Progress | None = None) 
         prune_guard=pruned.guard,
         seconds=seconds,
     )
+
+
+def _prune(app: AppConfig, ctx: Context, prep: Prepared, logger: Any) -> PruneResult:
+    """Delete what left Git; a disabled prune keeps every leftover in the inventory."""
+    if not app.prune.enabled:
+        return PruneResult(kept=tuple(c.ref for c in prep.plan.by_action(Action.PRUNE)))
+    pruned = prune(
+        prep.plan.changes,
+        kube=ctx.kube,
+        app=app.name,
+        desired_count=len(prep.manifests),
+        inventory_count=len(prep.state.inventory),
+        allow_empty=app.prune.allow_empty,
+        allow_mass=app.prune.allow_mass_delete,
+    )
+    if pruned.guard:
+        logger.warning("prune.guarded", reason=pruned.guard, kept=len(pruned.kept))
+    for ref in pruned.deleted:
+        logger.info("prune.deleted", object=str(ref))
+    for skip in pruned.skipped:
+        logger.info("prune.skipped", object=str(skip.ref), reason=skip.reason)
+    return pruned
 
 
 def _record(

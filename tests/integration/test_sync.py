@@ -1,0 +1,382 @@
+"""The sync engine against the real local cluster and real Git repositories."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from gitsync import config, inventory
+from gitsync.kube import Kube
+from gitsync.model import ObjectRef
+from gitsync.sync import Context, SyncResult, prepare, sync_app
+from tests.support.repos import BareRepo
+
+pytestmark = [pytest.mark.cluster, pytest.mark.git]
+
+WRITES = ("apply", "create", "update", "delete", "patch")
+
+# Files named so that plain path order is the REVERSE of dependency order.
+FULL_APP = {
+    "a-widget.yaml": """\
+apiVersion: {group}/v1
+kind: Widget
+metadata:
+  name: sprocket
+  namespace: {ns}
+spec:
+  size: 3
+""",
+    "b-deployment.yaml": """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: {ns}
+spec:
+  replicas: 2
+  selector:
+    matchLabels: {{app: web}}
+  template:
+    metadata:
+      labels: {{app: web}}
+    spec:
+      serviceAccountName: web
+      containers:
+        - name: web
+          image: registry.invalid/web:1
+""",
+    "c-service.yaml": """\
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: {ns}
+spec:
+  selector: {{app: web}}
+  ports: [{{port: 80, targetPort: 8080}}]
+""",
+    "d-config.yaml": """\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: web-config
+  namespace: {ns}
+data:
+  mode: blue
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: web-secret
+  namespace: {ns}
+stringData:
+  password: hunter2-{ns}
+""",
+    "e-rbac.yaml": """\
+apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: web
+  namespace: {ns}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: web-reader
+  namespace: {ns}
+rules:
+  - apiGroups: [""]
+    resources: [configmaps]
+    verbs: [get]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: web-reader
+  namespace: {ns}
+roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: Role, name: web-reader}}
+subjects: [{{kind: ServiceAccount, name: web, namespace: {ns}}}]
+""",
+    "f-namespace.yaml": """\
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: {ns}
+""",
+    "g-crd.yaml": """\
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.{group}
+spec:
+  group: {group}
+  scope: Namespaced
+  names: {{plural: widgets, singular: widget, kind: Widget}}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          properties:
+            spec:
+              type: object
+              properties:
+                size: {{type: integer}}
+""",
+}
+
+
+@dataclass
+class App:
+    name: str
+    ns: str
+    repo: BareRepo
+    ctx: Context
+
+    def config(self, **extra: object) -> config.AppConfig:
+        raw = {"name": self.name, "repo": self.repo.file_url, "namespace": self.ns, **extra}
+        (app,) = config.parse({"apps": [raw]}).apps
+        return app
+
+    def sync(self, **extra: object) -> SyncResult:
+        return sync_app(self.config(**extra), self.ctx)
+
+    @property
+    def group(self) -> str:
+        return f"{self.ns}.gitsync.test"
+
+    def commit(self, files: dict[str, str]) -> str:
+        return self.repo.commit(
+            {k: v.format(ns=self.ns, group=self.group) for k, v in files.items()}
+        )
+
+
+@pytest.fixture
+def kube(kubeconfig: Path) -> Kube:
+    return Kube.connect(kubeconfig=kubeconfig)
+
+
+@pytest.fixture
+def app(kube: Kube, make_repo: Callable[..., BareRepo], tmp_path: Path) -> Iterator[App]:
+    suffix = uuid.uuid4().hex[:6]
+    name, ns = f"app-{suffix}", f"gs-{suffix}"
+    ctx = Context(kube=kube, cache_dir=tmp_path / "cache", state_namespace=f"gs-state-{suffix}")
+    the_app = App(name=name, ns=ns, repo=make_repo(name), ctx=ctx)
+    yield the_app
+    for n in (ns, ctx.state_namespace):
+        kube.delete(_ref("Namespace", n))
+    kube.delete(
+        _ref("CustomResourceDefinition", f"widgets.{the_app.group}", group="apiextensions.k8s.io")
+    )
+
+
+def _writes(kube: Kube) -> int:
+    return sum(kube.calls[v] for v in WRITES)
+
+
+def _rv(kube: Kube, ref: ObjectRef) -> int:
+    obj = kube.get(ref)
+    assert obj is not None, f"{ref} was not created"
+    return int(obj["metadata"]["resourceVersion"])
+
+
+def _ref(kind: str, name: str, ns: str = "", group: str = "", version: str = "v1") -> ObjectRef:
+    return ObjectRef(group=group, version=version, kind=kind, namespace=ns, name=name)
+
+
+def test_first_sync_creates_everything_in_dependency_order(app: App, kube: Kube) -> None:
+    """Files in reverse order still apply CRD, Namespace, RBAC, config, Service, workload, CR."""
+    app.commit(FULL_APP)
+    result = app.sync()
+    assert result.result == "synced", result.error
+    assert result.counts["create"] == 10
+    ns = app.ns
+    order = [
+        _rv(
+            kube,
+            _ref("CustomResourceDefinition", f"widgets.{app.group}", group="apiextensions.k8s.io"),
+        ),
+        _rv(kube, _ref("Namespace", ns)),
+        max(
+            _rv(kube, _ref("ServiceAccount", "web", ns)),
+            _rv(kube, _ref("Role", "web-reader", ns, "rbac.authorization.k8s.io")),
+            _rv(kube, _ref("RoleBinding", "web-reader", ns, "rbac.authorization.k8s.io")),
+        ),
+        max(
+            _rv(kube, _ref("ConfigMap", "web-config", ns)),
+            _rv(kube, _ref("Secret", "web-secret", ns)),
+        ),
+        _rv(kube, _ref("Service", "web", ns)),
+        _rv(kube, _ref("Deployment", "web", ns, "apps")),
+        _rv(kube, _ref("Widget", "sprocket", ns, app.group)),
+    ]
+    assert order == sorted(order), f"creation order {order} is not dependency order"
+    live = kube.get(_ref("ConfigMap", "web-config", ns))
+    assert live is not None
+    assert live["metadata"]["labels"]["gitsync.io/app"] == app.name
+    assert live["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "gitsync"
+    assert any(m["manager"] == "gitsync" for m in live["metadata"]["managedFields"])
+    state = inventory.read_state(kube, app=app.name, namespace=app.ctx.state_namespace)
+    assert len(state.inventory) == 10
+    assert state.revision == app.repo.head()
+
+
+def test_resync_of_unchanged_commit_makes_no_writes_and_no_dry_runs(app: App, kube: Kube) -> None:
+    """A second sync writes nothing and does one LIST per kind, no per-object calls."""
+    app.commit(FULL_APP)
+    assert app.sync().result == "synced"
+    kube.calls.clear()
+    result = app.sync()
+    assert result.result == "unchanged"
+    assert result.counts["unchanged"] == 10
+    assert _writes(kube) == 0, dict(kube.calls)
+    assert kube.calls["dry-run"] == 0
+    kinds = (
+        9  # CRD, Namespace, SA, Role, RoleBinding, ConfigMap, Secret, Service, Deployment, Widget
+    )
+    assert kube.calls["list"] <= kinds + 1
+    # Only the state Secret is read with a GET.
+    assert kube.calls["get"] <= 1
+
+
+def test_one_field_change_patches_exactly_that_object(app: App, kube: Kube) -> None:
+    """Changing one ConfigMap value dry-runs and applies only that ConfigMap."""
+    app.commit(FULL_APP)
+    assert app.sync().result == "synced"
+    app.commit(FULL_APP | {"d-config.yaml": FULL_APP["d-config.yaml"].replace("blue", "green")})
+    prep = prepare(app.config(), app.ctx)
+    updates = [c for c in prep.plan.changes if c.action.value == "update"]
+    assert [str(c.ref) for c in updates] == [f"ConfigMap {app.ns}/web-config"]
+    assert [(d.path, d.live, d.desired) for d in updates[0].diff] == [
+        ("data.mode", "blue", "green")
+    ]
+    kube.calls.clear()
+    result = app.sync()
+    assert result.counts["update"] == 1
+    assert kube.calls["apply"] == 1
+    assert kube.calls["dry-run"] == 1
+    live = kube.get(_ref("ConfigMap", "web-config", app.ns))
+    assert live is not None
+    assert live["data"]["mode"] == "green"
+
+
+def test_manual_edit_is_repaired_on_next_sync(app: App, kube: Kube, kubectl: Callable) -> None:
+    """A kubectl scale of a managed Deployment is seen by the next sync and undone."""
+    app.commit(FULL_APP)
+    assert app.sync().result == "synced"
+    kubectl("scale", "deployment/web", "-n", app.ns, "--replicas=5")
+    prep = prepare(app.config(), app.ctx)
+    (change,) = [c for c in prep.plan.changes if c.action.value == "update"]
+    assert ("spec.replicas", 5, 2) in [(d.path, d.live, d.desired) for d in change.diff]
+    assert app.sync().counts["update"] == 1
+    live = kube.get(_ref("Deployment", "web", app.ns, "apps"))
+    assert live is not None
+    assert live["spec"]["replicas"] == 2
+
+
+def test_removed_file_is_pruned_but_foreign_objects_are_not(
+    app: App, kube: Kube, kubectl: Callable, tmp_path: Path
+) -> None:
+    """Removing a file deletes its object; a look-alike not in the inventory survives."""
+    app.commit(FULL_APP)
+    assert app.sync().result == "synced"
+    intruder = tmp_path / "intruder.yaml"
+    intruder.write_text(
+        f"""apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: intruder
+  namespace: {app.ns}
+  labels: {{gitsync.io/app: {app.name}, app.kubernetes.io/managed-by: gitsync}}
+"""
+    )
+    kubectl("apply", "-f", str(intruder))
+    without_service = {k: v for k, v in FULL_APP.items() if k != "c-service.yaml"}
+    app.commit(without_service)
+    result = app.sync()
+    assert result.result == "synced", result.error
+    assert result.counts["pruned"] == 1
+    assert kube.get(_ref("Service", "web", app.ns)) is None
+    assert kube.get(_ref("ConfigMap", "intruder", app.ns)) is not None
+    state = inventory.read_state(kube, app=app.name, namespace=app.ctx.state_namespace)
+    assert len(state.inventory) == 9
+
+
+def test_prune_false_annotation_keeps_object(app: App, kube: Kube) -> None:
+    """An object annotated gitsync.io/prune: "false" outlives its file."""
+    keep = FULL_APP["c-service.yaml"].replace(
+        "  name: web\n", '  name: web\n  annotations: {gitsync.io/prune: "false"}\n', 1
+    )
+    app.commit(FULL_APP | {"c-service.yaml": keep})
+    assert app.sync().result == "synced"
+    app.commit({k: v for k, v in FULL_APP.items() if k != "c-service.yaml"})
+    result = app.sync()
+    assert result.counts["pruned"] == 0
+    assert kube.get(_ref("Service", "web", app.ns)) is not None
+
+
+def test_mass_delete_guard_keeps_objects(app: App, kube: Kube) -> None:
+    """A commit that would delete more than half of the app prunes nothing."""
+    app.commit(FULL_APP)
+    assert app.sync().result == "synced"
+    app.commit({k: FULL_APP[k] for k in ("f-namespace.yaml", "d-config.yaml")})
+    result = app.sync()
+    assert result.result == "synced"
+    assert "more than half" in result.prune_guard
+    assert kube.get(_ref("Service", "web", app.ns)) is not None
+    state = inventory.read_state(kube, app=app.name, namespace=app.ctx.state_namespace)
+    assert len(state.inventory) == 10, "guarded objects stay in the inventory"
+
+
+def test_object_rejected_by_dry_run_changes_nothing(app: App, kube: Kube) -> None:
+    """One invalid object fails the whole sync before any write: nothing is half-applied."""
+    bad = FULL_APP["b-deployment.yaml"].replace("replicas: 2", "replicas: many")
+    app.commit(
+        {
+            "f-namespace.yaml": FULL_APP["f-namespace.yaml"],
+            "d-config.yaml": FULL_APP["d-config.yaml"],
+        }
+    )
+    assert app.sync().result == "synced"
+    app.commit(FULL_APP | {"b-deployment.yaml": bad})
+    kube.calls.clear()
+    result = app.sync()
+    assert result.result == "failed"
+    assert "b-deployment.yaml" in result.error
+    assert "replicas" in result.error
+    assert kube.get(_ref("Service", "web", app.ns)) is None
+    assert kube.calls["apply"] == 0
+
+
+def test_render_error_changes_nothing(app: App, kube: Kube) -> None:
+    """Broken YAML is reported with file:line and nothing reaches the cluster."""
+    app.commit(FULL_APP | {"h-broken.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: [oops\n"})
+    kube.calls.clear()
+    result = app.sync()
+    assert result.result == "failed"
+    assert "h-broken.yaml:" in result.error
+    assert _writes(kube) == 0
+    assert kube.get(_ref("Namespace", app.ns)) is None
+
+
+def test_secret_values_never_in_plan(app: App, kube: Kube) -> None:
+    """A Secret's value never appears in the plan's diff, created or changed."""
+    app.commit(FULL_APP)
+    prep = prepare(app.config(), app.ctx)
+    assert f"hunter2-{app.ns}" not in repr(prep.plan)
+    assert app.sync().result == "synced"
+    app.commit(
+        FULL_APP | {"d-config.yaml": FULL_APP["d-config.yaml"].replace("hunter2", "swordfish")}
+    )
+    prep = prepare(app.config(), app.ctx)
+    text = repr(prep.plan)
+    assert "swordfish" not in text
+    assert "hunter2" not in text
+    (change,) = [c for c in prep.plan.changes if c.action.value == "update"]
+    assert [d.path for d in change.diff] == ["data.password"]
