@@ -1,0 +1,294 @@
+"""Health rules: is an applied object Current, still InProgress, or Failed — and why.
+
+Pure functions over live objects (kstatus-like), so they are unit-tested without a
+cluster. A workload is also judged by its newest Pods: a container in CrashLoopBackOff
+will not recover by waiting, so the gate fails early instead of burning the whole
+progress deadline.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+KubeObject = Mapping[str, Any]
+
+# Waiting reasons that mean the Pod will not become Ready without a new spec.
+FATAL_WAITING = frozenset(
+    {
+        "CrashLoopBackOff",
+        "ImagePullBackOff",
+        "ErrImagePull",
+        "InvalidImageName",
+        "CreateContainerConfigError",
+        "CreateContainerError",
+        "RunContainerError",
+    }
+)
+UNSCHEDULABLE_GRACE_SECONDS = 30.0
+
+
+class Status(enum.StrEnum):
+    CURRENT = "Current"
+    IN_PROGRESS = "InProgress"
+    FAILED = "Failed"
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    status: Status
+    reason: str = ""
+
+    @property
+    def done(self) -> bool:
+        return self.status is not Status.IN_PROGRESS
+
+
+CURRENT = Health(Status.CURRENT)
+
+
+def _cond(obj: KubeObject, ctype: str) -> Mapping[str, Any] | None:
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == ctype:
+            cond: Mapping[str, Any] = c
+            return cond
+    return None
+
+
+def _generation_lag(obj: KubeObject) -> Health | None:
+    gen = (obj.get("metadata") or {}).get("generation")
+    observed = (obj.get("status") or {}).get("observedGeneration")
+    if gen is not None and observed is not None and observed < gen:
+        return Health(Status.IN_PROGRESS, f"controller has not observed generation {gen} yet")
+    return None
+
+
+def _deployment(obj: KubeObject) -> Health:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    if "observedGeneration" not in status:
+        return Health(Status.IN_PROGRESS, "controller has not observed the Deployment yet")
+    lag = _generation_lag(obj)
+    if lag:
+        return lag
+    progressing = _cond(obj, "Progressing")
+    if progressing and progressing.get("reason") == "ProgressDeadlineExceeded":
+        return Health(
+            Status.FAILED,
+            f"ProgressDeadlineExceeded: {progressing.get('message', '')}".rstrip(": "),
+        )
+    if spec.get("paused"):
+        return Health(Status.FAILED, "rollout is paused (spec.paused) and will not progress")
+    want = spec.get("replicas", 1)
+    updated = status.get("updatedReplicas", 0)
+    total = status.get("replicas", 0)
+    available = status.get("availableReplicas", 0)
+    if updated < want:
+        return Health(Status.IN_PROGRESS, f"{updated} of {want} replicas updated")
+    if total > updated:
+        return Health(Status.IN_PROGRESS, f"{total - updated} old replica(s) pending termination")
+    if available < updated:
+        return Health(Status.IN_PROGRESS, f"{available} of {updated} updated replicas available")
+    return CURRENT
+
+
+def _statefulset(obj: KubeObject) -> Health:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    if "observedGeneration" not in status:
+        return Health(Status.IN_PROGRESS, "controller has not observed the StatefulSet yet")
+    lag = _generation_lag(obj)
+    if lag:
+        return lag
+    want = spec.get("replicas", 1)
+    ready = status.get("readyReplicas", 0)
+    if ready < want:
+        return Health(Status.IN_PROGRESS, f"{ready} of {want} replicas ready")
+    strategy = spec.get("updateStrategy") or {}
+    if strategy.get("type") == "OnDelete":
+        return CURRENT  # Pods change only when deleted: nothing to wait for.
+    partition = (strategy.get("rollingUpdate") or {}).get("partition", 0) or 0
+    if partition:
+        updated = status.get("updatedReplicas", 0)
+        if updated < want - partition:
+            return Health(
+                Status.IN_PROGRESS, f"{updated} of {want - partition} replicas above partition"
+            )
+        return CURRENT
+    if status.get("updateRevision") and status.get("currentRevision") != status.get(
+        "updateRevision"
+    ):
+        updated = status.get("updatedReplicas", 0)
+        return Health(Status.IN_PROGRESS, f"{updated} of {want} replicas on the new revision")
+    return CURRENT
+
+
+def _daemonset(obj: KubeObject) -> Health:
+    status = obj.get("status") or {}
+    if "observedGeneration" not in status:
+        return Health(Status.IN_PROGRESS, "controller has not observed the DaemonSet yet")
+    lag = _generation_lag(obj)
+    if lag:
+        return lag
+    want = status.get("desiredNumberScheduled", 0)
+    updated = status.get("updatedNumberScheduled", 0)
+    available = status.get("numberAvailable", 0)
+    if updated < want:
+        return Health(Status.IN_PROGRESS, f"{updated} of {want} nodes updated")
+    if available < want:
+        return Health(Status.IN_PROGRESS, f"{available} of {want} nodes available")
+    return CURRENT
+
+
+def _replicaset(obj: KubeObject) -> Health:
+    lag = _generation_lag(obj)
+    if lag:
+        return lag
+    want = (obj.get("spec") or {}).get("replicas", 1)
+    available = (obj.get("status") or {}).get("availableReplicas", 0)
+    if available < want:
+        return Health(Status.IN_PROGRESS, f"{available} of {want} replicas available")
+    return CURRENT
+
+
+def _job(obj: KubeObject) -> Health:
+    for ctype in ("Failed", "FailureTarget"):
+        cond = _cond(obj, ctype)
+        if cond and cond.get("status") == "True":
+            return Health(Status.FAILED, f"Job failed: {cond.get('reason', '')}".rstrip(": "))
+    for ctype in ("Complete", "SuccessCriteriaMet"):
+        cond = _cond(obj, ctype)
+        if cond and cond.get("status") == "True":
+            return CURRENT
+    if (obj.get("spec") or {}).get("suspend"):
+        return CURRENT
+    succeeded = (obj.get("status") or {}).get("succeeded", 0)
+    return Health(Status.IN_PROGRESS, f"Job running ({succeeded} succeeded)")
+
+
+def _pod(obj: KubeObject, now: datetime | None = None) -> Health:
+    problem = pod_problem(obj, now=now)
+    if problem:
+        return Health(Status.FAILED, problem)
+    phase = (obj.get("status") or {}).get("phase")
+    if phase == "Succeeded":
+        return CURRENT
+    if phase == "Failed":
+        return Health(Status.FAILED, "Pod failed")
+    ready = _cond(obj, "Ready")
+    if ready and ready.get("status") == "True":
+        return CURRENT
+    return Health(Status.IN_PROGRESS, f"Pod is {phase or 'Pending'}, not Ready")
+
+
+def _pvc(obj: KubeObject) -> Health:
+    phase = (obj.get("status") or {}).get("phase")
+    if phase == "Bound":
+        return CURRENT
+    if phase == "Lost":
+        return Health(Status.FAILED, "PersistentVolumeClaim lost its volume")
+    return Health(Status.IN_PROGRESS, f"PersistentVolumeClaim is {phase or 'Pending'}")
+
+
+def _crd(obj: KubeObject) -> Health:
+    names = _cond(obj, "NamesAccepted")
+    if names and names.get("status") == "False":
+        return Health(Status.FAILED, f"names not accepted: {names.get('message', '')}")
+    est = _cond(obj, "Established")
+    if est and est.get("status") == "True":
+        return CURRENT
+    return Health(Status.IN_PROGRESS, "CustomResourceDefinition not Established yet")
+
+
+def _generic(obj: KubeObject) -> Health:
+    """Objects that follow the standard Ready / Stalled / Reconciling conditions."""
+    lag = _generation_lag(obj)
+    if lag:
+        return lag
+    gen = (obj.get("metadata") or {}).get("generation")
+    conds = (obj.get("status") or {}).get("conditions") or []
+    for c in conds:
+        og = c.get("observedGeneration")
+        if gen is not None and og is not None and og < gen and c.get("type") == "Ready":
+            return Health(Status.IN_PROGRESS, "Ready condition is for an older generation")
+    stalled = _cond(obj, "Stalled")
+    if stalled and stalled.get("status") == "True":
+        return Health(Status.FAILED, f"Stalled: {stalled.get('message') or stalled.get('reason')}")
+    reconciling = _cond(obj, "Reconciling")
+    if reconciling and reconciling.get("status") == "True":
+        return Health(Status.IN_PROGRESS, f"Reconciling: {reconciling.get('reason', '')}")
+    ready = _cond(obj, "Ready")
+    if ready and ready.get("status") == "False":
+        return Health(
+            Status.IN_PROGRESS, f"not Ready: {ready.get('message') or ready.get('reason')}"
+        )
+    return CURRENT
+
+
+_RULES = {
+    ("apps", "Deployment"): _deployment,
+    ("apps", "StatefulSet"): _statefulset,
+    ("apps", "DaemonSet"): _daemonset,
+    ("apps", "ReplicaSet"): _replicaset,
+    ("batch", "Job"): _job,
+    ("", "PersistentVolumeClaim"): _pvc,
+    ("apiextensions.k8s.io", "CustomResourceDefinition"): _crd,
+}
+
+
+def assess(
+    obj: KubeObject, *, pods: Sequence[KubeObject] = (), now: datetime | None = None
+) -> Health:
+    """Health of one live object; ``pods`` are its newest Pods, for failing early."""
+    group = str(obj.get("apiVersion", "")).rpartition("/")[0]
+    kind = str(obj.get("kind", ""))
+    if (group, kind) == ("", "Pod"):
+        return _pod(obj, now=now)
+    rule = _RULES.get((group, kind), _generic)
+    health = rule(obj)
+    if health.status is Status.IN_PROGRESS and pods:
+        problem = first_pod_problem(pods, now=now)
+        if problem:
+            return Health(Status.FAILED, problem)
+    return health
+
+
+def pod_problem(pod: KubeObject, *, now: datetime | None = None) -> str:
+    """Why this Pod will not become Ready on its own, or ""."""
+    status = pod.get("status") or {}
+    name = (pod.get("metadata") or {}).get("name", "?")
+    for cs in (status.get("initContainerStatuses") or []) + (status.get("containerStatuses") or []):
+        waiting = (cs.get("state") or {}).get("waiting") or {}
+        reason = waiting.get("reason", "")
+        if reason in FATAL_WAITING:
+            restarts = cs.get("restartCount", 0)
+            detail = f": {waiting['message']}" if waiting.get("message") else ""
+            return (
+                f"Pod {name} container {cs.get('name')} is in {reason} "
+                f"(restarts: {restarts}){detail}"
+            )
+    sched = _cond(pod, "PodScheduled")
+    if sched and sched.get("status") == "False" and sched.get("reason") == "Unschedulable":
+        since = _parse_time(sched.get("lastTransitionTime"))
+        now = now or datetime.now(UTC)
+        if since is not None and (now - since).total_seconds() >= UNSCHEDULABLE_GRACE_SECONDS:
+            return f"Pod {name} is unschedulable: {sched.get('message', '')}".rstrip(": ")
+    return ""
+
+
+def first_pod_problem(pods: Iterable[KubeObject], *, now: datetime | None = None) -> str:
+    for pod in pods:
+        problem = pod_problem(pod, now=now)
+        if problem:
+            return problem
+    return ""
+
+
+def _parse_time(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        return None
