@@ -1,0 +1,263 @@
+"""The health gate: wait, on watches, until every applied object is Current.
+
+One LIST then one WATCH per (kind, namespace) that still has something in progress, plus
+one Pod watch per namespace holding an in-progress workload so that a CrashLoopBackOff
+fails the gate within seconds instead of at the progress deadline.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+
+from gitsync import health
+from gitsync.errors import KubeError
+from gitsync.health import Health, Status
+from gitsync.kube import Kube, Resource
+from gitsync.model import KubeObject, ObjectRef
+
+DEFAULT_PROGRESS_DEADLINE = 600
+MARGIN_SECONDS = 30.0
+_WORKLOADS = {
+    ("apps", "Deployment"),
+    ("apps", "StatefulSet"),
+    ("apps", "DaemonSet"),
+    ("apps", "ReplicaSet"),
+    ("batch", "Job"),
+}
+_POD = ObjectRef(group="", version="v1", kind="Pod", namespace="", name="")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ObjectHealth:
+    ref: ObjectRef
+    health: Health
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Verdict:
+    """The gate's answer: healthy, or the objects that failed or never finished."""
+
+    healthy: bool
+    failed: tuple[ObjectHealth, ...] = ()
+    pending: tuple[ObjectHealth, ...] = ()
+    seconds: float = 0.0
+
+    @property
+    def culprit(self) -> ObjectHealth | None:
+        return (self.failed or self.pending or (None,))[0]
+
+    @property
+    def reason(self) -> str:
+        c = self.culprit
+        if c is None:
+            return ""
+        prefix = "timed out: " if not self.failed else ""
+        return f"{prefix}{c.ref}: {c.health.reason}"
+
+
+def default_timeout(objects: Iterable[KubeObject]) -> float:
+    """The largest Deployment progress deadline plus a margin."""
+    deadlines = [
+        (o.get("spec") or {}).get("progressDeadlineSeconds", DEFAULT_PROGRESS_DEADLINE)
+        for o in objects
+        if o.get("kind") == "Deployment"
+    ]
+    return float(max(deadlines, default=60)) + MARGIN_SECONDS
+
+
+def _selector(obj: KubeObject) -> dict[str, str]:
+    sel = (obj.get("spec") or {}).get("selector") or {}
+    labels = sel.get("matchLabels") if isinstance(sel, dict) else None
+    return dict(labels or {})
+
+
+def _matches(pod: KubeObject, selector: dict[str, str]) -> bool:
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+class _Watch(threading.Thread):
+    """Feeds events of one (kind, namespace) into the gate's queue until stopped."""
+
+    def __init__(
+        self,
+        kube: Kube,
+        res: Resource,
+        namespace: str,
+        rv: str,
+        *,
+        out: queue.Queue[tuple[str, KubeObject]],
+        stop: threading.Event,
+    ) -> None:
+        super().__init__(daemon=True, name=f"gate-watch-{res.kind}-{namespace}")
+        self._kube, self._res, self._ns, self._rv = kube, res, namespace, rv
+        self._out, self._stop = out, stop
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                for etype, obj in self._kube.watch(
+                    self._res, namespace=self._ns, resource_version=self._rv, timeout_seconds=5
+                ):
+                    if self._stop.is_set():
+                        return
+                    rv = (obj.get("metadata") or {}).get("resourceVersion")
+                    if etype == "ERROR":
+                        self._rv = ""  # 410 Gone: relist from now
+                        break
+                    if rv:
+                        self._rv = rv
+                    if etype != "BOOKMARK":
+                        obj.setdefault("apiVersion", self._res.api_version)
+                        obj.setdefault("kind", self._res.kind)
+                        self._out.put((etype, obj))
+            except KubeError:
+                time.sleep(0.5)
+            if not self._rv and not self._stop.is_set():
+                try:
+                    items, self._rv = self._kube.list_objects(self._res, namespace=self._ns)
+                except KubeError:
+                    time.sleep(0.5)
+                    continue
+                for obj in items:
+                    self._out.put(("MODIFIED", obj))
+
+
+Progress = Callable[[int, int, int], None]
+Identity = tuple[str, str, str, str]
+
+
+class _Gate:
+    """The live picture of the applied objects and their Pods, fed by watches."""
+
+    def __init__(self, kube: Kube, objects: Sequence[KubeObject]) -> None:
+        self.kube = kube
+        self.state: dict[Identity, KubeObject] = {ObjectRef.of(o).identity(): o for o in objects}
+        self.pods: dict[str, dict[str, KubeObject]] = {}  # namespace -> name -> Pod
+        self.events: queue.Queue[tuple[str, KubeObject]] = queue.Queue()
+        self.stop = threading.Event()
+
+    def judge(self) -> dict[Identity, Health]:
+        out = {}
+        for ident, obj in self.state.items():
+            ref = ObjectRef.of(obj)
+            ns_pods: Sequence[KubeObject] = ()
+            if (ref.group, ref.kind) in _WORKLOADS:
+                sel = _selector(obj)
+                ns_pods = [p for p in self.pods.get(ref.namespace, {}).values() if _matches(p, sel)]
+            out[ident] = health.assess(obj, pods=ns_pods)
+        return out
+
+    def watch(self, waiting: Iterable[Identity]) -> None:
+        """LIST+WATCH each (kind, namespace) still in progress, and Pods beside workloads."""
+        disc = self.kube.discover()
+        wanted: dict[tuple[str, str, str], Resource] = {}
+        for ident in waiting:
+            ref = ObjectRef.of(self.state[ident])
+            res = disc.for_ref(ref)
+            pod_res = disc.for_ref(_POD)
+            if res is not None:
+                wanted.setdefault((ref.group, ref.kind, ref.namespace), res)
+            if (ref.group, ref.kind) in _WORKLOADS and ref.namespace and pod_res is not None:
+                wanted.setdefault(("", "Pod", ref.namespace), pod_res)
+        for (_g, _k, ns), res in wanted.items():
+            items, rv = self.kube.list_objects(res, namespace=ns)
+            for item in items:
+                self.events.put(("MODIFIED", item))
+            _Watch(self.kube, res, ns, rv, out=self.events, stop=self.stop).start()
+
+    def drain(self, wait: float) -> None:
+        try:
+            _absorb(*self.events.get(timeout=wait), self.state, self.pods)
+        except queue.Empty:
+            return
+        while not self.events.empty():
+            _absorb(*self.events.get_nowait(), self.state, self.pods)
+
+
+def wait_healthy(
+    kube: Kube,
+    objects: Sequence[KubeObject],
+    *,
+    timeout: float,
+    on_progress: Progress | None = None,
+    progress_every: float = 5.0,
+) -> Verdict:
+    """Block until all ``objects`` are Current (healthy), one is Failed, or time runs out."""
+    started = time.monotonic()
+    gate = _Gate(kube, objects)
+    verdicts = gate.judge()
+    counts = _counts(verdicts)
+    if counts[Status.FAILED] or not counts[Status.IN_PROGRESS]:
+        return _verdict(gate.state, verdicts, started)
+    gate.watch(i for i, h in verdicts.items() if h.status is Status.IN_PROGRESS)
+    last_report = time.monotonic()
+    try:
+        while (remaining := timeout - (time.monotonic() - started)) > 0:
+            gate.drain(min(remaining, 1.0))
+            verdicts = gate.judge()
+            counts = _counts(verdicts)
+            if counts[Status.FAILED] or not counts[Status.IN_PROGRESS]:
+                break
+            if on_progress and time.monotonic() - last_report >= progress_every:
+                last_report = time.monotonic()
+                on_progress(
+                    counts[Status.CURRENT], counts[Status.IN_PROGRESS], counts[Status.FAILED]
+                )
+    finally:
+        gate.stop.set()
+    return _verdict(gate.state, verdicts, started)
+
+
+def _absorb(
+    etype: str,
+    obj: KubeObject,
+    state: dict[Identity, KubeObject],
+    pods: dict[str, dict[str, KubeObject]],
+) -> None:
+    if not etype:
+        return
+    ref = ObjectRef.of(obj)
+    if ref.kind == "Pod" and not ref.group:
+        ns = pods.setdefault(ref.namespace, {})
+        if etype == "DELETED":
+            ns.pop(ref.name, None)
+        else:
+            ns[ref.name] = obj
+        return
+    if ref.identity() in state and etype != "DELETED":
+        state[ref.identity()] = obj
+
+
+def _counts(verdicts: dict[Identity, Health]) -> dict[Status, int]:
+    counts = dict.fromkeys(Status, 0)
+    for h in verdicts.values():
+        counts[h.status] += 1
+    return counts
+
+
+def _verdict(
+    state: dict[Identity, KubeObject],
+    verdicts: dict[Identity, Health],
+    started: float,
+) -> Verdict:
+    failed = tuple(
+        ObjectHealth(ref=ObjectRef.of(state[i]), health=h)
+        for i, h in sorted(verdicts.items())
+        if h.status is Status.FAILED
+    )
+    pending = tuple(
+        ObjectHealth(ref=ObjectRef.of(state[i]), health=h)
+        for i, h in sorted(verdicts.items())
+        if h.status is Status.IN_PROGRESS
+    )
+    return Verdict(
+        healthy=not failed and not pending,
+        failed=failed,
+        pending=pending,
+        seconds=time.monotonic() - started,
+    )
