@@ -56,6 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     app_args(d)
     s = sub.add_parser("sync", help="run the pipeline once")
     s.add_argument("--once", action="store_true", help="run once and exit (the only mode)")
+    s.add_argument(
+        "--force", action="store_true", help="apply the commit even if it is quarantined"
+    )
     app_args(s)
     st = sub.add_parser("status", help="show the app's recorded revision and inventory")
     app_args(st)
@@ -218,11 +221,17 @@ def _sync(args: argparse.Namespace) -> int:
     progress = _progress_bar() if sys.stdout.isatty() else None
     failed = False
     for app in apps:
-        result = sync_app(app, ctx, progress=progress)
+        result = sync_app(app, ctx, progress=progress, force=args.force)
         c = result.counts
-        if result.result == "failed":
+        if result.result in ("failed", "rolled-back"):
             failed = True
-            print(f"{app.name}: sync failed: {result.error}")
+            back = (
+                f" (rolled back to {result.rolled_back_to[:12]})" if result.rolled_back_to else ""
+            )
+            print(f"{app.name}: sync failed{back}: {result.error}")
+            continue
+        if result.result == "quarantined":
+            print(f"{app.name} @ {result.revision[:12]}: quarantined after a rollback; skipped")
             continue
         print(
             f"{app.name} @ {result.revision[:12]}: {result.result}: {c.get('create', 0)} created, "
