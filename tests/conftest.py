@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.support.cluster_fixtures",
     "tests.support.git_fixtures",
+    "tests.support.app_fixtures",
 ]

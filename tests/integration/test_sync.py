@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from gitsync import config, inventory
+from gitsync import inventory
 from gitsync.kube import Kube
 from gitsync.model import ObjectRef
-from gitsync.sync import Context, SyncResult, prepare, sync_app
-from tests.support.repos import BareRepo
+from gitsync.sync import prepare
+from tests.support.app_fixtures import App
+from tests.support.app_fixtures import ref as _ref
 
 pytestmark = [pytest.mark.cluster, pytest.mark.git]
 
@@ -132,50 +131,6 @@ spec:
 }
 
 
-@dataclass
-class App:
-    name: str
-    ns: str
-    repo: BareRepo
-    ctx: Context
-
-    def config(self, **extra: object) -> config.AppConfig:
-        raw = {"name": self.name, "repo": self.repo.file_url, "namespace": self.ns, **extra}
-        (app,) = config.parse({"apps": [raw]}).apps
-        return app
-
-    def sync(self, **extra: object) -> SyncResult:
-        return sync_app(self.config(**extra), self.ctx)
-
-    @property
-    def group(self) -> str:
-        return f"{self.ns}.gitsync.test"
-
-    def commit(self, files: dict[str, str]) -> str:
-        return self.repo.commit(
-            {k: v.format(ns=self.ns, group=self.group) for k, v in files.items()}
-        )
-
-
-@pytest.fixture
-def kube(kubeconfig: Path) -> Kube:
-    return Kube.connect(kubeconfig=kubeconfig)
-
-
-@pytest.fixture
-def app(kube: Kube, make_repo: Callable[..., BareRepo], tmp_path: Path) -> Iterator[App]:
-    suffix = uuid.uuid4().hex[:6]
-    name, ns = f"app-{suffix}", f"gs-{suffix}"
-    ctx = Context(kube=kube, cache_dir=tmp_path / "cache", state_namespace=f"gs-state-{suffix}")
-    the_app = App(name=name, ns=ns, repo=make_repo(name), ctx=ctx)
-    yield the_app
-    for n in (ns, ctx.state_namespace):
-        kube.delete(_ref("Namespace", n))
-    kube.delete(
-        _ref("CustomResourceDefinition", f"widgets.{the_app.group}", group="apiextensions.k8s.io")
-    )
-
-
 def _writes(kube: Kube) -> int:
     return sum(kube.calls[v] for v in WRITES)
 
@@ -184,10 +139,6 @@ def _rv(kube: Kube, ref: ObjectRef) -> int:
     obj = kube.get(ref)
     assert obj is not None, f"{ref} was not created"
     return int(obj["metadata"]["resourceVersion"])
-
-
-def _ref(kind: str, name: str, ns: str = "", group: str = "", version: str = "v1") -> ObjectRef:
-    return ObjectRef(group=group, version=version, kind=kind, namespace=ns, name=name)
 
 
 def test_first_sync_creates_everything_in_dependency_order(app: App, kube: Kube) -> None:
