@@ -14,7 +14,8 @@ BINARIES=(etcd kube-apiserver kube-controller-manager kube-scheduler kubectl kwo
 
 have_all() {
   for b in "${BINARIES[@]}"; do [[ -x "$BIN/$b" ]] || return 1; done
-  [[ -d "$OUT/stages" ]] || return 1
+  # The stage set gained node-heartbeat-with-lease; an older cache re-copies the stages only.
+  [[ -f "$OUT/stages/node-heartbeat-with-lease.yaml" ]] || return 1
 }
 
 if have_all; then
@@ -99,15 +100,20 @@ GO
   go build -trimpath -ldflags "-s -w" -o "$BIN/etcd" .
 fi
 
-# --- kwok and its stage files.
-if [[ ! -x "$BIN/kwok" || ! -d "$OUT/stages" ]]; then
+# --- kwok and its stage files (kwok has no built-in stages; they ship as YAML in its module).
+if [[ ! -x "$BIN/kwok" ]]; then
   log "building kwok $KWOK_VERSION"
-  GOTOOLCHAIN=local GOBIN="$BIN" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+  GOBIN="$BIN" go install -trimpath -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+fi
+if [[ ! -f "$OUT/stages/node-heartbeat-with-lease.yaml" ]]; then
   kmod=$(cd "$kdir" && go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])')
-  mkdir -p "$OUT/stages"
-  cp "$kmod"/kustomize/stage/node/fast/*.yaml "$OUT/stages/" 2>/dev/null || true
-  for f in "$kmod"/kustomize/stage/pod/fast/*.yaml; do cp "$f" "$OUT/stages/pod-$(basename "$f")"; done
-  rm -f "$OUT/stages/kustomization.yaml" "$OUT/stages/pod-kustomization.yaml"
+  rm -rf "$OUT/stages" && mkdir -p "$OUT/stages"
+  # The same set kwokctl uses by default: fast node/pod lifecycle plus a lease-backed node heartbeat.
+  for d in node/fast node/heartbeat-with-lease pod/fast; do
+    for f in "$kmod/kustomize/stage/$d"/*.yaml; do
+      [[ "$(basename "$f")" == kustomization.yaml ]] || cp "$f" "$OUT/stages/"
+    done
+  done
   chmod -R u+w "$OUT/stages"
 fi
 
