@@ -126,8 +126,9 @@ def resolve_bin_dir(*, bin_dir: Path | None = None, build_script: Path | None = 
     The build script prints the bin dir as its last line and returns at once when the
     cache is complete, so running it every time is the cheap way to ask where it is.
     """
+    origin = "the given bin dir"
     if bin_dir is None and os.environ.get(BIN_ENV):
-        bin_dir = Path(os.environ[BIN_ENV])
+        bin_dir, origin = Path(os.environ[BIN_ENV]), f"${BIN_ENV}"
     if bin_dir is None:
         script = build_script or find_build_script()
         if script is None:
@@ -143,10 +144,13 @@ def resolve_bin_dir(*, bin_dir: Path | None = None, build_script: Path | None = 
         if result.returncode != 0 or not lines:
             msg = f"{script} failed with exit code {result.returncode}; its stderr says why"
             raise DevClusterError(msg)
-        bin_dir = Path(lines[-1])
+        bin_dir, origin = Path(lines[-1]), str(script)
     missing = [b for b in (*BINARIES, "kubectl") if not (bin_dir / b).is_file()]
     if missing:
-        msg = f"{bin_dir} lacks {', '.join(missing)}; rerun hack/build-testcluster.sh"
+        msg = (
+            f"{bin_dir} (from {origin}) lacks {', '.join(missing)}; "
+            "build them with hack/build-testcluster.sh"
+        )
         raise DevClusterError(msg)
     return bin_dir
 

@@ -143,6 +143,11 @@ def test_crashloop_pods_show_crashloopbackoff_with_rising_restarts(
     status = later.status.container_statuses[0]
     assert later.status.phase == "Running"
     assert not pod_ready(later)
+    # Like the kubelet, each crash leaves the time Ready turned False alone.
+    assert (
+        condition(later, "Ready").last_transition_time
+        == condition(pod, "Ready").last_transition_time
+    )
     assert status.ready is False
     assert status.last_state.terminated.exit_code == 1
     dep = apps.read_namespaced_deployment("crashy", namespace)
