@@ -238,7 +238,7 @@ def _directory_docs(app: Path, repo: Path, limits: RenderLimits, problems: list[
         if text is None:
             continue
         try:
-            docs.extend(_parse_file(text, display, limits, json_file=path.suffix == ".json"))
+            docs.extend(_parse_file(text, display, limits, json_file=display.endswith(".json")))
         except _Problem as e:
             problems.append(f"{display}:{e.line}: {e.message}")
     return docs
@@ -530,6 +530,8 @@ class _Composer:
 
     def _alias(self, anchor: str, line: int) -> _Node:
         target = self.anchors.get(anchor)
+        if target is None and any(o.anchor == anchor for o in self.stack):
+            raise _Problem(line, f"the alias *{anchor} refers to a node that contains it.")
         if target is None:
             raise _Problem(line, f"the alias *{anchor} has no anchor defined before it.")
         self.aliases += 1
@@ -626,7 +628,7 @@ def _scalar(event: Any, line: int) -> _Node:
 
 def _scalar_value(value: str, tag: str | None) -> Any:
     """Plain scalars (``tag`` None) are resolved; explicit tags are honoured or refused."""
-    if tag == _TAG + "str":
+    if tag == _TAG + "str" or (tag is None and value and value[0] not in _IMPLICIT_FIRST):
         return value
     for name, pattern, convert in _IMPLICIT:
         if tag in (None, _TAG + name) and pattern.fullmatch(value):
@@ -648,6 +650,9 @@ def _int(text: str) -> int:
     digits = text.replace("_", "")
     sign = -1 if digits.startswith("-") else 1
     digits = digits.lstrip("+-")
+    if len(digits) > 100:
+        msg = f"the integer {text[:12]}… has {len(digits)} digits; quote it if it is text."
+        raise ValueError(msg)
     if digits.startswith("0b"):
         return sign * int(digits[2:], 2)
     if digits.startswith("0x"):
@@ -657,6 +662,8 @@ def _int(text: str) -> int:
     return sign * int(digits)
 
 
+# Only plain scalars starting with one of these can be anything but a string.
+_IMPLICIT_FIRST = frozenset("~nNyYtTfFoO+-.0123456789")
 _IMPLICIT: tuple[tuple[str, re.Pattern[str], Callable[[str], Any]], ...] = (
     ("null", _NULL, lambda _: None),
     ("bool", _TRUE, lambda _: True),
