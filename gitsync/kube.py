@@ -79,6 +79,28 @@ class Discovery:
         return "Namespaced" if res.namespaced else "Cluster"
 
 
+class WatchCancel:
+    """Ends a watch that another thread is blocked reading, at once (a watcher's stop())."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._response: urllib3.BaseHTTPResponse | None = None
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            response = self._response
+        if response is not None:
+            response.shutdown()
+
+    def _attach(self, response: urllib3.BaseHTTPResponse | None) -> bool:
+        """Remember the open stream; False if cancel() already happened."""
+        with self._lock:
+            self._response = response
+            return not self.cancelled
+
+
 class _RateLimiter:
     """Token bucket; a controller wants a higher QPS than a CLI but not an unbounded one."""
 
@@ -461,8 +483,10 @@ class Kube:
         label_selector: str = "",
         resource_version: str = "",
         timeout_seconds: int = 300,
+        cancel: WatchCancel | None = None,
     ) -> Iterator[tuple[str, KubeObject]]:
-        """Stream (type, object) events; BOOKMARKs included; ends when the server closes."""
+        """Stream (type, object) events; BOOKMARKs included; ends when the server closes,
+        or quietly when ``cancel`` is cancelled."""
         query = {
             "watch": "1",
             "allowWatchBookmarks": "true",
@@ -486,22 +510,38 @@ class Kube:
         except urllib3.exceptions.HTTPError as e:
             msg = f"watch {res.kind}: cannot reach the API server: {e}"
             raise KubeError(msg) from e
+        drained = False
         try:
+            if cancel is not None and not cancel._attach(resp):
+                return
             if resp.status >= 400:
                 _raise_for(resp.status, resp.read(), f"watch {res.kind}")
-            buf = b""
-            for chunk in resp.stream(65536):
-                buf += chunk
-                while b"\n" in buf:
-                    line, buf = buf.split(b"\n", 1)
-                    if line.strip():
-                        ev = json.loads(line)
-                        yield str(ev.get("type", "")), ev.get("object") or {}
+            yield from _json_lines(resp)
+            drained = True
         except (urllib3.exceptions.HTTPError, OSError) as e:
+            if cancel is not None and cancel.cancelled:
+                return
             msg = f"watch {res.kind} broke: {e}"
             raise KubeError(msg) from e
         finally:
+            if cancel is not None:
+                cancel._attach(None)
+            if not drained:
+                # Left mid-stream (cancelled, broken, or the caller stopped reading): the
+                # connection holds unread bytes and must not go back to the pool as is.
+                resp.close()
             resp.release_conn()
+
+
+def _json_lines(resp: urllib3.BaseHTTPResponse) -> Iterator[tuple[str, KubeObject]]:
+    buf = b""
+    for chunk in resp.stream(65536):
+        buf += chunk
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            if line.strip():
+                ev = json.loads(line)
+                yield str(ev.get("type", "")), ev.get("object") or {}
 
 
 def _default_kubeconfig_exists() -> bool:
