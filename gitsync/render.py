@@ -30,8 +30,14 @@ from typing import Any, Literal, Protocol
 import yaml
 
 from gitsync.errors import RenderError
-from gitsync.model import APP_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Manifest, ManifestSet
-from gitsync.model import ObjectRef as _ObjectRef
+from gitsync.model import (
+    APP_LABEL,
+    MANAGED_BY_LABEL,
+    MANAGED_BY_VALUE,
+    Manifest,
+    ManifestSet,
+    ObjectRef,
+)
 from gitsync.order import wave_of
 
 __all__ = [
@@ -1221,7 +1227,7 @@ def _scope_of(
     return None
 
 
-def _describe(ref: _ObjectRef) -> str:
+def _describe(ref: ObjectRef) -> str:
     where = f"{ref.namespace}/" if ref.namespace else ""
     return f"{ref.kind} '{where}{ref.name}'"
 
