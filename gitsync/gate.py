@@ -10,14 +10,15 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from gitsync import health
 from gitsync.errors import KubeError
 from gitsync.health import Health, Status
 from gitsync.kube import Kube, Resource
-from gitsync.model import KubeObject, ObjectRef
+from gitsync.model import FIELD_MANAGER, KubeObject, ObjectRef
 
 DEFAULT_PROGRESS_DEADLINE = 600
 MARGIN_SECONDS = 30.0
@@ -29,6 +30,7 @@ _WORKLOADS = {
     ("batch", "Job"),
 }
 _POD = ObjectRef(group="", version="v1", kind="Pod", namespace="", name="")
+_RS = ObjectRef(group="apps", version="v1", kind="ReplicaSet", namespace="", name="")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -67,17 +69,6 @@ def default_timeout(objects: Iterable[KubeObject]) -> float:
         if o.get("kind") == "Deployment"
     ]
     return float(max(deadlines, default=60)) + MARGIN_SECONDS
-
-
-def _selector(obj: KubeObject) -> dict[str, str]:
-    sel = (obj.get("spec") or {}).get("selector") or {}
-    labels = sel.get("matchLabels") if isinstance(sel, dict) else None
-    return dict(labels or {})
-
-
-def _matches(pod: KubeObject, selector: dict[str, str]) -> bool:
-    labels = (pod.get("metadata") or {}).get("labels") or {}
-    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
 
 
 class _Watch(threading.Thread):
@@ -138,6 +129,9 @@ class _Gate:
         self.kube = kube
         self.state: dict[Identity, KubeObject] = {ObjectRef.of(o).identity(): o for o in objects}
         self.pods: dict[str, dict[str, KubeObject]] = {}  # namespace -> name -> Pod
+        self.replicasets: dict[str, dict[str, KubeObject]] = {}
+        # Server time of the newest apply: Pods created before it are not the new revision's.
+        self.since = max((_applied_at(o) for o in objects), default="")
         self.events: queue.Queue[tuple[str, KubeObject]] = queue.Queue()
         self.stop = threading.Event()
 
@@ -145,10 +139,14 @@ class _Gate:
         out = {}
         for ident, obj in self.state.items():
             ref = ObjectRef.of(obj)
-            ns_pods: Sequence[KubeObject] = ()
+            ns_pods: Sequence[Mapping[str, Any]] = ()
             if (ref.group, ref.kind) in _WORKLOADS:
-                sel = _selector(obj)
-                ns_pods = [p for p in self.pods.get(ref.namespace, {}).values() if _matches(p, sel)]
+                ns_pods = health.current_pods(
+                    obj,
+                    self.pods.get(ref.namespace, {}).values(),
+                    self.replicasets.get(ref.namespace, {}).values(),
+                    since=self.since,
+                )
             out[ident] = health.assess(obj, pods=ns_pods)
         return out
 
@@ -164,6 +162,9 @@ class _Gate:
                 wanted.setdefault((ref.group, ref.kind, ref.namespace), res)
             if (ref.group, ref.kind) in _WORKLOADS and ref.namespace and pod_res is not None:
                 wanted.setdefault(("", "Pod", ref.namespace), pod_res)
+            rs_res = disc.for_ref(_RS)
+            if (ref.group, ref.kind) == ("apps", "Deployment") and rs_res is not None:
+                wanted.setdefault(("apps", "ReplicaSet", ref.namespace), rs_res)
         for (_g, _k, ns), res in wanted.items():
             items, rv = self.kube.list_objects(res, namespace=ns)
             for item in items:
@@ -172,11 +173,28 @@ class _Gate:
 
     def drain(self, wait: float) -> None:
         try:
-            _absorb(*self.events.get(timeout=wait), self.state, self.pods)
+            self.absorb(*self.events.get(timeout=wait))
         except queue.Empty:
             return
         while not self.events.empty():
-            _absorb(*self.events.get_nowait(), self.state, self.pods)
+            self.absorb(*self.events.get_nowait())
+
+    def absorb(self, etype: str, obj: KubeObject) -> None:
+        ref = ObjectRef.of(obj)
+        if ref.identity() in self.state:
+            if etype != "DELETED":
+                self.state[ref.identity()] = obj
+            return
+        index = {("", "Pod"): self.pods, ("apps", "ReplicaSet"): self.replicasets}.get(
+            (ref.group, ref.kind)
+        )
+        if index is None:
+            return
+        ns = index.setdefault(ref.namespace, {})
+        if etype == "DELETED":
+            ns.pop(ref.name, None)
+        else:
+            ns[ref.name] = obj
 
 
 def wait_healthy(
@@ -213,24 +231,11 @@ def wait_healthy(
     return _verdict(gate.state, verdicts, started)
 
 
-def _absorb(
-    etype: str,
-    obj: KubeObject,
-    state: dict[Identity, KubeObject],
-    pods: dict[str, dict[str, KubeObject]],
-) -> None:
-    if not etype:
-        return
-    ref = ObjectRef.of(obj)
-    if ref.kind == "Pod" and not ref.group:
-        ns = pods.setdefault(ref.namespace, {})
-        if etype == "DELETED":
-            ns.pop(ref.name, None)
-        else:
-            ns[ref.name] = obj
-        return
-    if ref.identity() in state and etype != "DELETED":
-        state[ref.identity()] = obj
+def _applied_at(obj: KubeObject) -> str:
+    for entry in (obj.get("metadata") or {}).get("managedFields") or []:
+        if entry.get("manager") == FIELD_MANAGER and entry.get("operation") == "Apply":
+            return str(entry.get("time", ""))
+    return ""
 
 
 def _counts(verdicts: dict[Identity, Health]) -> dict[Status, int]:

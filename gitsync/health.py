@@ -292,3 +292,59 @@ def _parse_time(value: Any) -> datetime | None:
         return datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         return None
+
+
+_REVISION = "deployment.kubernetes.io/revision"
+
+
+def _owned_by(obj: KubeObject, uid: str) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return bool(uid) and any(r.get("uid") == uid for r in refs)
+
+
+def current_pods(
+    workload: KubeObject,
+    pods: Iterable[KubeObject],
+    replicasets: Iterable[KubeObject] = (),
+    *,
+    since: str = "",
+) -> list[KubeObject]:
+    """The Pods of the workload's *current* revision: only they may fail it early.
+
+    After a rollback the bad revision's Pods still crash for a while; judging the
+    rolled-back workload by them would fail the rollback itself. Until the controller
+    has observed the latest generation no Pod is current. ``since`` (an RFC 3339 time
+    from the server) bounds DaemonSet Pods, whose revision the status does not name.
+    """
+    if _generation_lag(workload):
+        return []
+    meta = workload.get("metadata") or {}
+    uid = meta.get("uid", "")
+    kind = workload.get("kind")
+    status = workload.get("status") or {}
+    if kind == "Deployment":
+        revision = (meta.get("annotations") or {}).get(_REVISION)
+        owners = {
+            (rs.get("metadata") or {}).get("uid")
+            for rs in replicasets
+            if _owned_by(rs, uid)
+            and ((rs.get("metadata") or {}).get("annotations") or {}).get(_REVISION) == revision
+        }
+        return [p for p in pods if any(_owned_by(p, o) for o in owners if o)]
+    if kind == "StatefulSet":
+        update = status.get("updateRevision")
+        return [
+            p
+            for p in pods
+            if _owned_by(p, uid)
+            and ((p.get("metadata") or {}).get("labels") or {}).get("controller-revision-hash")
+            == update
+        ]
+    if kind == "DaemonSet":
+        return [
+            p
+            for p in pods
+            if _owned_by(p, uid)
+            and str((p.get("metadata") or {}).get("creationTimestamp", "")) > since
+        ]
+    return [p for p in pods if _owned_by(p, uid)]

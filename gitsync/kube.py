@@ -17,7 +17,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import quote, urlencode
 
 import urllib3
@@ -70,7 +70,7 @@ class Discovery:
     def for_ref(self, ref: ObjectRef) -> Resource | None:
         return self.resource(ref.group, ref.version, ref.kind)
 
-    def scope(self, api_version: str, kind: str) -> str | None:
+    def scope(self, api_version: str, kind: str) -> Literal["Namespaced", "Cluster"] | None:
         """``KindResolver`` for render: "Namespaced", "Cluster" or None if unknown."""
         group, _, version = api_version.rpartition("/")
         res = self.resource(group, version, kind)

@@ -8,17 +8,21 @@ pruned (prune waits for health), so nothing has to be recreated.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+from gitsync import health
 from gitsync.apply import AppliedSet, apply_plan
 from gitsync.gate import Verdict, wait_healthy
 from gitsync.inventory import AppState, InventoryEntry
 from gitsync.kube import Kube
-from gitsync.model import Manifest, ManifestSet, ObjectRef
+from gitsync.model import KubeObject, Manifest, ManifestSet, ObjectRef
 from gitsync.plan import Action, make_plan
 from gitsync.prune import prune
 
 Identity = tuple[str, str, str, str]
+_POD = ObjectRef(group="", version="v1", kind="Pod", namespace="", name="")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -27,6 +31,7 @@ class RollbackResult:
     deleted: tuple[ObjectRef, ...]
     verdict: Verdict | None
     inventory: tuple[InventoryEntry, ...]
+    restarted_pods: tuple[ObjectRef, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -79,10 +84,64 @@ def roll_back(
         if e.ref.identity() in leftover_ids and e.ref.identity() not in deleted
     ]
     inventory = tuple(sorted([*applied.entries, *kept], key=lambda e: e.ref))
+    restarted = unstick_statefulsets(kube, applied.objects, timeout=min(timeout, 30.0))
     verdict = wait_healthy(kube, list(applied.objects), timeout=timeout)
     return RollbackResult(
-        applied=applied, deleted=pruned.deleted, verdict=verdict, inventory=inventory
+        applied=applied,
+        deleted=pruned.deleted,
+        verdict=verdict,
+        inventory=inventory,
+        restarted_pods=restarted,
     )
+
+
+def unstick_statefulsets(
+    kube: Kube, objects: Iterable[KubeObject], *, timeout: float
+) -> tuple[ObjectRef, ...]:
+    """Delete the bad revision's unready Pods of each rolled-back StatefulSet.
+
+    With the default OrderedReady policy a StatefulSet never replaces a Pod that is not
+    Ready, so reverting its template alone leaves it stuck on the broken Pod for ever
+    (the manual step the Kubernetes docs ask for after a bad rollout). gitsync does
+    that step: only Pods of another revision than the restored one, and only unready.
+    """
+    deleted: list[ObjectRef] = []
+    pod_res = kube.discover().for_ref(_POD)
+    for obj in objects:
+        if obj.get("kind") != "StatefulSet" or pod_res is None:
+            continue
+        sts = _observed(kube, ObjectRef.of(obj), timeout)
+        if sts is None:
+            continue
+        uid = sts["metadata"].get("uid")
+        revision = (sts.get("status") or {}).get("updateRevision")
+        pods, _ = kube.list_objects(pod_res, namespace=sts["metadata"].get("namespace", ""))
+        for pod in pods:
+            meta = pod.get("metadata") or {}
+            owned = any(r.get("uid") == uid for r in meta.get("ownerReferences") or [])
+            if not owned or (meta.get("labels") or {}).get("controller-revision-hash") == revision:
+                continue
+            if health.assess(pod).status is health.Status.CURRENT:
+                continue
+            ref = ObjectRef.of(pod)
+            if kube.delete(ref, uid=str(meta.get("uid", ""))):
+                deleted.append(ref)
+    return tuple(deleted)
+
+
+def _observed(kube: Kube, ref: ObjectRef, timeout: float) -> KubeObject | None:
+    """The object once its controller has observed its latest generation."""
+    deadline = time.monotonic() + timeout
+    while True:
+        obj = kube.get(ref)
+        if obj is None:
+            return None
+        gen = obj["metadata"].get("generation", 0)
+        if (obj.get("status") or {}).get("observedGeneration", 0) >= gen:
+            return obj
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.2)
 
 
 def quarantine(state: AppState, sha: str) -> AppState:

@@ -312,6 +312,8 @@ class _Run:
         state = replace(state, revision=good, inventory=result.inventory)
         for ref in result.deleted:
             self.log.info("prune.deleted", object=str(ref), during="rollback")
+        for ref in result.restarted_pods:
+            self.log.info("rollback.pod_replaced", object=str(ref), why="stuck on bad revision")
         message = f"rolled back from {bad[:12]} to {good[:12]}: {verdict.reason}"
         if result.ok:
             self.log.warning(

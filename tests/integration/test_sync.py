@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from gitsync import inventory
-from gitsync.kube import Kube
+from gitsync.kube import Kube, Resource
 from gitsync.model import ObjectRef
 from gitsync.sync import prepare
 from tests.support.app_fixtures import App
@@ -141,30 +142,67 @@ def _rv(kube: Kube, ref: ObjectRef) -> int:
     return int(obj["metadata"]["resourceVersion"])
 
 
+class CreationWatch:
+    """Records the resourceVersion of each ADDED event: the API's own creation order."""
+
+    def __init__(self, kube: Kube, kinds: list[tuple[str, str, str]]) -> None:
+        self.added: dict[tuple[str, str], int] = {}
+        self._threads = []
+        disc = kube.discover(refresh=True)
+        for group, version, kind in kinds:
+            res = disc.resource(group, version, kind)
+            assert res is not None
+            _items, rv = kube.list_objects(res)
+            t = threading.Thread(target=self._run, args=(kube, res, rv), daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def _run(self, kube: Kube, res: Resource, rv: str) -> None:
+        for etype, obj in kube.watch(res, resource_version=rv, timeout_seconds=3):
+            if etype == "ADDED":
+                key = (res.kind, obj["metadata"]["name"])
+                self.added[key] = int(obj["metadata"]["resourceVersion"])
+
+    def wait(self) -> dict[tuple[str, str], int]:
+        for t in self._threads:
+            t.join(timeout=10)
+        return self.added
+
+
 def test_first_sync_creates_everything_in_dependency_order(app: App, kube: Kube) -> None:
     """Files in reverse order still apply CRD, Namespace, RBAC, config, Service, workload, CR."""
     app.commit(FULL_APP)
+    watch = CreationWatch(
+        kube,
+        [
+            ("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+            ("", "v1", "Namespace"),
+            ("", "v1", "ServiceAccount"),
+            ("rbac.authorization.k8s.io", "v1", "Role"),
+            ("rbac.authorization.k8s.io", "v1", "RoleBinding"),
+            ("", "v1", "ConfigMap"),
+            ("", "v1", "Secret"),
+            ("", "v1", "Service"),
+            ("apps", "v1", "Deployment"),
+        ],
+    )
     result = app.sync()
     assert result.result == "synced", result.error
     assert result.counts["create"] == 10
     ns = app.ns
+    added = watch.wait()
     order = [
-        _rv(
-            kube,
-            _ref("CustomResourceDefinition", f"widgets.{app.group}", group="apiextensions.k8s.io"),
-        ),
-        _rv(kube, _ref("Namespace", ns)),
+        added[("CustomResourceDefinition", f"widgets.{app.group}")],
+        added[("Namespace", ns)],
         max(
-            _rv(kube, _ref("ServiceAccount", "web", ns)),
-            _rv(kube, _ref("Role", "web-reader", ns, "rbac.authorization.k8s.io")),
-            _rv(kube, _ref("RoleBinding", "web-reader", ns, "rbac.authorization.k8s.io")),
+            added[("ServiceAccount", "web")],
+            added[("Role", "web-reader")],
+            added[("RoleBinding", "web-reader")],
         ),
-        max(
-            _rv(kube, _ref("ConfigMap", "web-config", ns)),
-            _rv(kube, _ref("Secret", "web-secret", ns)),
-        ),
-        _rv(kube, _ref("Service", "web", ns)),
-        _rv(kube, _ref("Deployment", "web", ns, "apps")),
+        max(added[("ConfigMap", "web-config")], added[("Secret", "web-secret")]),
+        added[("Service", "web")],
+        added[("Deployment", "web")],
+        # Nothing writes a Widget after gitsync, so its version is its creation version.
         _rv(kube, _ref("Widget", "sprocket", ns, app.group)),
     ]
     assert order == sorted(order), f"creation order {order} is not dependency order"
@@ -262,7 +300,7 @@ metadata:
 def test_prune_false_annotation_keeps_object(app: App, kube: Kube) -> None:
     """An object annotated gitsync.io/prune: "false" outlives its file."""
     keep = FULL_APP["c-service.yaml"].replace(
-        "  name: web\n", '  name: web\n  annotations: {gitsync.io/prune: "false"}\n', 1
+        "  name: web\n", '  name: web\n  annotations: {{gitsync.io/prune: "false"}}\n', 1
     )
     app.commit(FULL_APP | {"c-service.yaml": keep})
     assert app.sync().result == "synced"
@@ -278,7 +316,7 @@ def test_mass_delete_guard_keeps_objects(app: App, kube: Kube) -> None:
     assert app.sync().result == "synced"
     app.commit({k: FULL_APP[k] for k in ("f-namespace.yaml", "d-config.yaml")})
     result = app.sync()
-    assert result.result == "synced"
+    assert result.result == "unchanged", "nothing was written or deleted"
     assert "more than half" in result.prune_guard
     assert kube.get(_ref("Service", "web", app.ns)) is not None
     state = inventory.read_state(kube, app=app.name, namespace=app.ctx.state_namespace)

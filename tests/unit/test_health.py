@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gitsync.health import Status, assess, pod_problem
+from gitsync.health import Status, assess, current_pods, pod_problem
 
 
 def _deploy(spec=None, status=None, generation=2):
@@ -189,3 +189,58 @@ def test_pvc_crd_and_generic_rules():
     assert assess({**cr, "status": {"observedGeneration": 1}}).status is Status.IN_PROGRESS
     cm = {"apiVersion": "v1", "kind": "ConfigMap"}
     assert assess(cm).status is Status.CURRENT
+
+
+def _owned(name, owner_uid, **labels):
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "ownerReferences": [{"uid": owner_uid}], "labels": labels},
+    }
+
+
+def test_current_pods_of_deployment_are_those_of_its_newest_replicaset():
+    """After a rollback, Pods of the bad ReplicaSet no longer count against the Deployment."""
+    deploy = {
+        "kind": "Deployment",
+        "metadata": {
+            "uid": "d",
+            "generation": 3,
+            "annotations": {"deployment.kubernetes.io/revision": "3"},
+        },
+        "status": {"observedGeneration": 3},
+    }
+    rs_good = {
+        "metadata": {
+            "uid": "rs-good",
+            "ownerReferences": [{"uid": "d"}],
+            "annotations": {"deployment.kubernetes.io/revision": "3"},
+        }
+    }
+    rs_bad = {
+        "metadata": {
+            "uid": "rs-bad",
+            "ownerReferences": [{"uid": "d"}],
+            "annotations": {"deployment.kubernetes.io/revision": "2"},
+        }
+    }
+    pods = [_owned("good", "rs-good"), _owned("bad", "rs-bad")]
+    names = [p["metadata"]["name"] for p in current_pods(deploy, pods, [rs_good, rs_bad])]
+    assert names == ["good"]
+    lagging = {**deploy, "status": {"observedGeneration": 2}}
+    assert current_pods(lagging, pods, [rs_good, rs_bad]) == []
+
+
+def test_current_pods_of_statefulset_follow_update_revision():
+    """StatefulSet Pods count only when on the update revision."""
+    sts = {
+        "kind": "StatefulSet",
+        "metadata": {"uid": "s", "generation": 1},
+        "status": {"observedGeneration": 1, "updateRevision": "db-2"},
+    }
+    pods = [
+        _owned("db-0", "s", **{"controller-revision-hash": "db-1"}),
+        _owned("db-1", "s", **{"controller-revision-hash": "db-2"}),
+        _owned("other", "x", **{"controller-revision-hash": "db-2"}),
+    ]
+    assert [p["metadata"]["name"] for p in current_pods(sts, pods)] == ["db-1"]
