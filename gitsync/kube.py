@@ -215,7 +215,9 @@ class Kube:
         )
 
         def auth() -> dict[str, str]:
-            token = cfg.get_api_key_with_prefix("authorization")
+            # kubernetes>=30 keeps kubeconfig and in-cluster tokens under "BearerToken"
+            # ("Bearer ..." already), and refreshes rotated in-cluster tokens in this call.
+            token = cfg.get_api_key_with_prefix("BearerToken", alias="authorization")
             if token:
                 return {"Authorization": token}
             if cfg.username:
