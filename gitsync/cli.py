@@ -1,4 +1,4 @@
-"""Command line: ``gitsync render | diff | sync --once | status``.
+"""Command line: ``gitsync render | diff | sync --once | status | run``.
 
 Exit codes follow ``kubectl diff``: 0 in sync / success, 1 differences / sync failed,
 2 an error before anything could be compared (bad config, unreachable repo, bad render).
@@ -62,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     app_args(s)
     st = sub.add_parser("status", help="show the app's recorded revision and inventory")
     app_args(st)
+    rn = sub.add_parser("run", help="run the controller: sync every app on its interval")
+    rn.add_argument("--config", required=True, help="config file (see docs/deploy.md)")
+    rn.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, in-cluster)")
+    rn.add_argument("--context", help="kubeconfig context")
+    rn.add_argument("--log-format", choices=["json", "console"], help="log format")
     return p
 
 
@@ -78,6 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "diff": _diff,
             "sync": _sync,
             "status": _status,
+            "run": _run,
         }[args.command]
         return handler(args)
     except GitSyncError as e:
@@ -275,6 +281,14 @@ def _status(args: argparse.Namespace) -> int:
             reason = f" ({last.reason})" if last.reason else ""
             print(f"last sync:        {last.result} {last.sha[:12]} at {last.time}{reason}")
     return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from gitsync import controller
+
+    return controller.main(
+        config_path=args.config, kubeconfig=args.kubeconfig, context=args.context
+    )
 
 
 if __name__ == "__main__":

@@ -117,10 +117,86 @@ class AppConfig(_Model):
         return v
 
 
+class SecretKeyRef(_Model):
+    """One key of a Secret in the controller's namespace (``stateNamespace``)."""
+
+    name: str
+    key: str = "secret"
+
+
+class WebhookConfig(_Model):
+    """The HMAC-SHA256 secret that ``POST /hooks/<app>`` requests are signed with.
+
+    Exactly one source: a Secret key (read once at start), a mounted file, or an
+    environment variable. Without a ``webhook`` section ``/hooks/`` answers 404.
+    """
+
+    secret_ref: SecretKeyRef | None = Field(default=None, alias="secretRef")
+    secret_file: str | None = Field(default=None, alias="secretFile")
+    secret_env: str | None = Field(default=None, alias="secretEnv")
+    max_body_bytes: int = Field(default=1_048_576, alias="maxBodyBytes", gt=0, le=26_214_400)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> WebhookConfig:
+        given = [self.secret_ref, self.secret_file, self.secret_env]
+        if sum(v is not None for v in given) != 1:
+            msg = "give exactly one of secretRef, secretFile or secretEnv"
+            raise ValueError(msg)
+        return self
+
+
+class LeaderElectionConfig(_Model):
+    """client-go's defaults: a standby takes over at most ``leaseDuration`` after a crash."""
+
+    enabled: bool = True
+    lease_name: str = Field(default="gitsync-leader", alias="leaseName")
+    lease_duration: Duration = Field(default=15.0, alias="leaseDuration")
+    renew_deadline: Duration = Field(default=10.0, alias="renewDeadline")
+    retry_period: Duration = Field(default=2.0, alias="retryPeriod")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> LeaderElectionConfig:
+        if not self.retry_period < self.renew_deadline < self.lease_duration:
+            msg = "need retryPeriod < renewDeadline < leaseDuration"
+            raise ValueError(msg)
+        return self
+
+
+class RetryConfig(_Model):
+    """Backoff after a failed sync: ``initial``, doubling, never past ``max`` or the interval."""
+
+    initial: Duration = 5.0
+    max: Duration = 300.0
+
+
+class ControllerConfig(_Model):
+    """``gitsync run`` only: endpoints, leader election, retries, shutdown."""
+
+    listen: str = ":8080"
+    leader_election: LeaderElectionConfig = Field(
+        default=LeaderElectionConfig(), alias="leaderElection"
+    )
+    webhook: WebhookConfig | None = None
+    retry: RetryConfig = RetryConfig()
+    jitter: float = Field(default=0.1, ge=0.0, le=0.5)
+    stuck_after: Duration | None = Field(default=None, alias="stuckAfter")
+    shutdown_timeout: Duration = Field(default=45.0, alias="shutdownTimeout")
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str) -> str:
+        host, sep, port = v.rpartition(":")
+        if not sep or not port.isdigit() or not 0 < int(port) < 65536 or " " in host:
+            msg = f"{v!r} must be HOST:PORT or :PORT"
+            raise ValueError(msg)
+        return v
+
+
 class GitSyncConfig(_Model):
     apps: tuple[AppConfig, ...]
     state_namespace: str = Field(default="gitsync-system", alias="stateNamespace")
     cache_dir: str = Field(default="/var/cache/gitsync", alias="cacheDir")
+    controller: ControllerConfig = ControllerConfig()
 
     @model_validator(mode="after")
     def _unique(self) -> GitSyncConfig:

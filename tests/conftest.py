@@ -3,5 +3,6 @@
 pytest_plugins = [
     "tests.support.cluster_fixtures",
     "tests.support.git_fixtures",
+    "tests.support.controller_process",
     "tests.support.app_fixtures",
 ]

@@ -1,0 +1,535 @@
+"""``gitsync run``: the long-running controller.
+
+One APScheduler job per app, at the app's interval with jitter, on a thread pool with a
+worker per app, so a slow or failing app never delays another; ``max_instances=1`` and
+``coalesce`` mean one app never syncs twice at once and missed ticks fold into one run.
+A failed sync is retried sooner, with doubling backoff capped by the interval; an
+unexpected exception in a sync is logged and counted like a failure, never fatal.
+
+Only the holder of the leader Lease runs jobs and drift watchers (so only it applies,
+prunes, rolls back and heals). Losing the Lease ends the process at once (exit 1): the
+threads still inside a sync cannot be fenced off any other way, and the Deployment
+restarts the pod as a standby. SIGTERM stops new syncs, waits up to ``shutdownTimeout``
+for the running ones to finish their stage, releases the Lease and exits 0; if a sync
+is still running then, the Lease is left to expire instead of handed over while a
+writer lives.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import random
+import shutil
+import signal
+import threading
+import time
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from gitsync import events, inventory, log, metrics
+from gitsync.config import AppConfig, GitSyncConfig
+from gitsync.credentials import CredentialStore, read_secret
+from gitsync.errors import ConfigError, GitSyncError
+from gitsync.kube import Kube
+from gitsync.leader import LeaderElector, LeaseSpec, default_identity
+from gitsync.model import ObjectRef
+from gitsync.server import Server, WebhookSettings
+from gitsync.sync import Context, SyncResult, sync_app
+
+FAILED_RESULTS = frozenset({"failed"})
+STUCK_AFTER_DEFAULT = 1800.0  # a gate plus a rollback gate at the default deadline, twice
+
+
+class DriftWatcher(Protocol):
+    """What the controller needs of ``gitsync.drift.DriftWatcher``."""
+
+    def start(self) -> None: ...
+
+    def stop(self) -> None: ...
+
+    def current(self) -> Any: ...
+
+
+@dataclass(slots=True, kw_only=True)
+class _AppRunner:
+    """Mutable bookkeeping of one app; guarded by ``lock``."""
+
+    app: AppConfig
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    running_since: float | None = None
+    pending: bool = False
+    failures: int = 0
+    last_result: str = ""
+    last_finished: float = 0.0
+    last_event: tuple[str, str] = ("", "")
+    drift: DriftWatcher | None = None
+
+
+def kustomize_command() -> tuple[str, ...] | None:
+    """The image ships a pinned ``kustomize``; elsewhere render's ``kubectl kustomize``."""
+    found = shutil.which("kustomize")
+    return (found, "build") if found else None
+
+
+def load_webhook_secret(cfg: GitSyncConfig, kube: Kube) -> bytes | None:
+    """The webhook HMAC secret from the configured source; ``ConfigError`` with the key path."""
+    hook = cfg.controller.webhook
+    if hook is None:
+        return None
+    where = "controller.webhook"
+    if hook.secret_ref is not None:
+        ref = hook.secret_ref
+        try:
+            data = read_secret(kube, namespace=cfg.state_namespace, name=ref.name)
+        except GitSyncError as e:
+            msg = f"{where}.secretRef: {e}"
+            raise ConfigError(msg) from e
+        value = data.get(ref.key, b"").strip()
+        if not value:
+            msg = (
+                f"{where}.secretRef: Secret {cfg.state_namespace}/{ref.name} has no key {ref.key!r}"
+            )
+            raise ConfigError(msg)
+        return value
+    if hook.secret_file is not None:
+        try:
+            value = Path(hook.secret_file).read_bytes().strip()
+        except OSError as e:
+            msg = f"{where}.secretFile: cannot read {hook.secret_file}: {e.strerror}"
+            raise ConfigError(msg) from e
+        if not value:
+            msg = f"{where}.secretFile: {hook.secret_file} is empty"
+            raise ConfigError(msg)
+        return value
+    env = hook.secret_env or ""
+    value = os.environ.get(env, "").strip().encode()
+    if not value:
+        msg = f"{where}.secretEnv: environment variable {env} is not set or empty"
+        raise ConfigError(msg)
+    return value
+
+
+def check_references(cfg: GitSyncConfig, credentials: CredentialStore) -> None:
+    """Every auth Secret exists and is usable, before anything runs: one error lists all."""
+    problems = []
+    for i, app in enumerate(cfg.apps):
+        if app.auth is None:
+            continue
+        try:
+            credentials.load(app=app.name, secret=app.auth.secret_ref)
+        except GitSyncError as e:
+            problems.append(f"apps[{i}].auth.secretRef: {e}")
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def _writable_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".probe-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as e:
+        msg = f"cacheDir: {path} is not a writable directory: {e.strerror}"
+        raise ConfigError(msg) from e
+    return path
+
+
+class Controller:
+    """Ties scheduler, leader election, drift watchers and the HTTP server together."""
+
+    def __init__(
+        self,
+        cfg: GitSyncConfig,
+        *,
+        kube: Kube,
+        credentials: CredentialStore,
+        webhook_secret: bytes | None,
+        identity: str | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.kube = kube
+        self.credentials = credentials
+        self.log = log.get(component="controller")
+        self.ctx = Context(
+            kube=kube,
+            cache_dir=_writable_dir(Path(cfg.cache_dir)),
+            state_namespace=cfg.state_namespace,
+            kustomize=kustomize_command(),
+        )
+        ctl = cfg.controller
+        self.stuck_after = ctl.stuck_after or STUCK_AFTER_DEFAULT
+        self.runners = {app.name: _AppRunner(app=app) for app in cfg.apps}
+        self.stopping = threading.Event()
+        self._started = time.monotonic()
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=max(1, len(cfg.apps)))},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone=UTC,
+        )
+        election = ctl.leader_election
+        self.elector: LeaderElector | None = None
+        if election.enabled:
+            self.elector = LeaderElector(
+                kube,
+                LeaseSpec(
+                    namespace=cfg.state_namespace,
+                    name=election.lease_name,
+                    identity=identity or default_identity(),
+                    lease_duration=election.lease_duration,
+                    renew_deadline=election.renew_deadline,
+                    retry_period=election.retry_period,
+                ),
+                on_started=self._start_leading,
+                on_lost=self._lost_leadership,
+                logger=self.log,
+            )
+        self._elector_thread: threading.Thread | None = None
+        self._leading = threading.Event()
+        webhook = (
+            WebhookSettings(secret=webhook_secret, max_body_bytes=ctl.webhook.max_body_bytes)
+            if webhook_secret is not None and ctl.webhook is not None
+            else None
+        )
+        self.server = Server(
+            listen=ctl.listen,
+            controller=self,
+            webhook=webhook,
+            logger=log.get(component="server"),
+        )
+
+    # --- lifecycle -----------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until SIGTERM/SIGINT (exit 0) or a lost Lease (exit 1)."""
+        for app in self.cfg.apps:
+            metrics.DRIFT_OBJECTS.labels(app=app.name).set(0)
+        metrics.IS_LEADER.set(0)
+        # APScheduler's own warnings (a skipped tick while a sync runs) are expected and
+        # not JSON; our logs say what happened with each sync.
+        logging.getLogger("apscheduler").setLevel(logging.ERROR)
+        self.server.start()
+        self.scheduler.start(paused=True)
+        self.log.info(
+            "controller.started",
+            apps=[a.name for a in self.cfg.apps],
+            leader_election=self.elector is not None,
+            identity=self.elector.spec.identity if self.elector else "",
+        )
+        if self.elector is None:
+            self._start_leading()
+        else:
+            self._elector_thread = threading.Thread(
+                target=self.elector.run, args=(self.stopping,), name="gitsync-leader", daemon=True
+            )
+            self._elector_thread.start()
+        while not self.stopping.wait(1.0):
+            pass  # a timed wait, so the signal handler always gets the main thread
+        return self.shutdown()
+
+    def install_signal_handlers(self) -> None:
+        def handle(signum: int, _frame: FrameType | None) -> None:
+            self.log.info("controller.signal", signal=signal.Signals(signum).name)
+            self.stopping.set()
+
+        signal.signal(signal.SIGTERM, handle)
+        signal.signal(signal.SIGINT, handle)
+
+    def shutdown(self) -> int:
+        """No new syncs; let running ones finish; release the Lease only if none is left."""
+        self.stopping.set()
+        if self.scheduler.running:
+            self.scheduler.pause()
+        deadline = time.monotonic() + self.cfg.controller.shutdown_timeout
+        busy = self._busy()
+        if busy:
+            self.log.info("shutdown.waiting", apps=busy)
+        while busy and time.monotonic() < deadline:
+            time.sleep(0.1)
+            busy = self._busy()
+        if busy:
+            # A writer is alive: do not hand the Lease over; it expires after we are gone.
+            self.log.error("shutdown.abandoned", apps=busy, reason="sync did not finish in time")
+            os._exit(0)
+        self._stop_drift_watchers()
+        self.scheduler.shutdown(wait=False)
+        if self._elector_thread is not None:
+            self._elector_thread.join(timeout=5)
+        released = self.elector.release() if self.elector is not None else False
+        metrics.IS_LEADER.set(0)
+        self.server.stop()
+        self.log.info("controller.stopped", released_lease=released)
+        return 0
+
+    def _busy(self) -> list[str]:
+        return [name for name, r in self.runners.items() if r.running_since is not None]
+
+    def _start_leading(self) -> None:
+        if self.stopping.is_set():
+            return
+        self._leading.set()
+        metrics.IS_LEADER.set(1)
+        now = datetime.now(UTC)
+        jitter = self.cfg.controller.jitter
+        for name, runner in self.runners.items():
+            interval = runner.app.interval
+            first = now + timedelta(seconds=random.uniform(0, min(1.0, interval * jitter)))  # noqa: S311
+            self.scheduler.add_job(
+                self._job,
+                IntervalTrigger(seconds=interval, jitter=interval * jitter or None, timezone=UTC),
+                args=(name,),
+                id=name,
+                name=f"sync {name}",
+                next_run_time=first,
+                replace_existing=True,
+            )
+        self.scheduler.resume()
+        self._start_drift_watchers()
+        self.log.info("controller.leading", apps=len(self.runners))
+
+    def _lost_leadership(self) -> None:
+        """Another replica may be leading already: stop every write by ending the process."""
+        self._leading.clear()
+        metrics.IS_LEADER.set(0)
+        self.log.error("controller.exit", reason="leader Lease lost; stopping all writes")
+        os._exit(1)
+
+    @property
+    def is_leader(self) -> bool:
+        return self._leading.is_set()
+
+    # --- one app -------------------------------------------------------------------------
+
+    def _job(self, name: str) -> None:
+        """The scheduled job: sync, and again at once if a webhook came in meanwhile."""
+        runner = self.runners[name]
+        with runner.lock:
+            runner.running_since = time.monotonic()
+            runner.pending = False
+        try:
+            while True:
+                if self.stopping.is_set() or not self.is_leader:
+                    return
+                self._sync_once(runner)
+                with runner.lock:
+                    if not runner.pending:
+                        return
+                    runner.pending = False
+        finally:
+            with runner.lock:
+                runner.running_since = None
+                runner.last_finished = time.monotonic()
+
+    def _sync_once(self, runner: _AppRunner) -> None:
+        app = runner.app
+        began = time.monotonic()
+        with runner.lock:
+            runner.running_since = began
+        try:
+            ctx = self.ctx
+            if app.auth is not None:
+                ctx = replace(
+                    ctx, auth=self.credentials.load(app=app.name, secret=app.auth.secret_ref)
+                )
+            result = sync_app(app, ctx)
+        except GitSyncError as e:
+            log.get(app=app.name).error("sync.failed", stage="credentials", error=str(e))
+            result = SyncResult(app=app.name, revision="", result="failed", error=str(e))
+        except Exception as e:  # noqa: BLE001 - one app's bug must not stop the controller
+            log.get(app=app.name).exception("sync.crashed", error=f"{type(e).__name__}: {e}")
+            result = SyncResult(app=app.name, revision="", result="failed", error=str(e))
+        seconds = time.monotonic() - began
+        metrics.record_sync(
+            app=app.name,
+            result=result.result,
+            revision=result.revision,
+            seconds=seconds,
+            now=time.time(),
+        )
+        self._emit(runner, result)
+        self._schedule_retry(runner, result)
+
+    def _schedule_retry(self, runner: _AppRunner, result: SyncResult) -> None:
+        app = runner.app
+        with runner.lock:
+            runner.last_result = result.result
+            if result.result not in FAILED_RESULTS:
+                runner.failures = 0
+                return
+            runner.failures += 1
+            attempt = runner.failures
+        retry = self.cfg.controller.retry
+        delay = min(retry.initial * 2 ** (attempt - 1), retry.max)
+        delay *= random.uniform(0.9, 1.1)  # noqa: S311 - spread retries of many apps
+        if delay >= app.interval or self.stopping.is_set():
+            log.get(app=app.name).warning("sync.retry", attempt=attempt, next="at interval")
+            return
+        log.get(app=app.name).warning("sync.retry", attempt=attempt, seconds=round(delay, 1))
+        job = self.scheduler.get_job(app.name)
+        if job is not None:
+            job.modify(next_run_time=datetime.now(UTC) + timedelta(seconds=delay))
+
+    def _emit(self, runner: _AppRunner, result: SyncResult) -> None:
+        """One Event per change of outcome on the app's state Secret, not one per tick."""
+        sha = result.revision[:12]
+        reason, message, warning = {
+            "synced": ("Synced", f"synced {sha}: {_counts(result)}", False),
+            "unchanged": ("Synced", f"in sync at {sha}", False),
+            "failed": ("SyncFailed", result.error or "sync failed", True),
+            "rolled-back": (
+                "RolledBack",
+                f"rolled back from {sha} to {result.rolled_back_to[:12]}: {result.error}",
+                True,
+            ),
+            "quarantined": ("Quarantined", f"{sha} is quarantined after a rollback; skipped", True),
+        }.get(result.result, ("Synced", result.result, False))
+        # Keyed without the error text: it often carries timings that differ every try.
+        key = (reason, result.revision)
+        with runner.lock:
+            last = runner.last_event
+            # "unchanged" is news only right after a failure: it says the app recovered.
+            emit = last[0] not in ("", "Synced") if result.result == "unchanged" else key != last
+            if not emit:
+                return
+            runner.last_event = key
+        ref = ObjectRef(
+            group="",
+            version="v1",
+            kind="Secret",
+            namespace=self.cfg.state_namespace,
+            name=inventory.secret_name(runner.app.name),
+        )
+        events.emit(self.kube, involved=ref, reason=reason, message=message, warning=warning)
+
+    # --- drift watchers ------------------------------------------------------------------
+
+    def _start_drift_watchers(self) -> None:
+        """A watcher that cannot start is logged; syncing goes on without it."""
+        for runner in self.runners.values():
+            try:
+                runner.drift = self._drift_watcher(runner.app)
+                if runner.drift is not None:
+                    runner.drift.start()
+            except Exception as e:  # noqa: BLE001 - drift reports are optional, syncs are not
+                log.get(app=runner.app.name).exception("drift.failed", error=str(e))
+                runner.drift = None
+
+    def _drift_watcher(self, app: AppConfig) -> DriftWatcher | None:
+        # DRIFT CALL SITE: the only place the controller builds a drift watcher. Imported
+        # by name so the controller runs (without drift reports) where drift is absent.
+        # The watcher keeps gitsync_drift_objects{app} itself.
+        try:
+            factory = importlib.import_module("gitsync.drift").DriftWatcher
+        except (ImportError, AttributeError):
+            self.log.warning("drift.unavailable", app=app.name, reason="gitsync.drift missing")
+            return None
+        watcher: DriftWatcher = factory(
+            self.kube, app, self.cfg.state_namespace, log.get(app=app.name)
+        )
+        return watcher
+
+    def _stop_drift_watchers(self) -> None:
+        """Stop all at once (each may wait for its streams), before the Lease is released."""
+        stoppers = [
+            threading.Thread(target=r.drift.stop, name=f"stop-drift-{n}", daemon=True)
+            for n, r in self.runners.items()
+            if r.drift is not None
+        ]
+        for t in stoppers:
+            t.start()
+        deadline = time.monotonic() + 15
+        for t in stoppers:
+            t.join(max(0.0, deadline - time.monotonic()))
+        for r in self.runners.values():
+            r.drift = None
+
+    # --- what the HTTP server asks -------------------------------------------------------
+
+    def has_app(self, app: str) -> bool:
+        return app in self.runners
+
+    def trigger(self, app: str) -> str:
+        """Sync ``app`` now; if it is syncing, once more right after."""
+        if not self.is_leader or self.stopping.is_set():
+            return "standby"
+        runner = self.runners[app]
+        with runner.lock:
+            if runner.running_since is not None:
+                runner.pending = True
+                return "queued"
+        job = self.scheduler.get_job(app)
+        if job is None:
+            return "standby"
+        job.modify(next_run_time=datetime.now(UTC))
+        return "started"
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        alive = self._elector_thread is None or self._elector_thread.is_alive()
+        alive = alive or self.stopping.is_set()
+        return alive, {"status": "ok" if alive else "leader election loop died"}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        now = time.monotonic()
+        apps: dict[str, Any] = {}
+        stuck: list[str] = []
+        for name, r in self.runners.items():
+            with r.lock:
+                running = now - r.running_since if r.running_since is not None else None
+                apps[name] = {
+                    "running_seconds": round(running, 1) if running is not None else None,
+                    "last_result": r.last_result,
+                    "failures": r.failures,
+                }
+            if running is not None and running > self.stuck_after:
+                stuck.append(name)
+        leader = self.is_leader
+        detail: dict[str, Any] = {"leader": leader, "apps": apps}
+        if self.elector is not None:
+            detail["identity"] = self.elector.spec.identity
+            detail["holder"] = self.elector.holder()
+        problems = []
+        if self.stopping.is_set():
+            problems.append("shutting down")
+        if stuck:
+            problems.append(f"sync running longer than {self.stuck_after:g}s: {', '.join(stuck)}")
+        if leader and not self.scheduler.running:
+            problems.append("scheduler is not running")
+        if not leader and self.elector is not None:
+            ok, error = self.elector.healthy()
+            if not ok and now - self._started > self.elector.spec.retry_period * 3:
+                problems.append(f"standby cannot reach the Lease: {error or 'no answer yet'}")
+        detail["problems"] = problems
+        return not problems, detail
+
+
+def _counts(result: SyncResult) -> str:
+    c = result.counts
+    return (
+        f"{c.get('create', 0)} created, {c.get('update', 0)} updated, {c.get('pruned', 0)} pruned"
+    )
+
+
+def main(*, config_path: str, kubeconfig: str | None = None, context: str | None = None) -> int:
+    """Validate everything, then run until signalled. ``ConfigError`` means exit code 2."""
+    from gitsync import config
+
+    cfg = config.load(config_path)  # before any connection: a bad file touches nothing
+    kube = Kube.connect(kubeconfig=kubeconfig, context=context)
+    credentials = CredentialStore.create(kube=kube, namespace=cfg.state_namespace)
+    try:
+        check_references(cfg, credentials)
+        secret = load_webhook_secret(cfg, kube)
+        controller = Controller(cfg, kube=kube, credentials=credentials, webhook_secret=secret)
+        controller.install_signal_handlers()
+        return controller.run()
+    finally:
+        shutil.rmtree(credentials.directory, ignore_errors=True)

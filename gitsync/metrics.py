@@ -1,0 +1,75 @@
+"""Prometheus metrics of the controller, in one place so every stage reports the same names.
+
+The objects live in prometheus-client's default registry, which ``/metrics`` serves; a
+metric here is a process-wide fact (like a log stream), not state a stage depends on.
+Label values are app names and results only, never URLs or object contents, so the
+series count stays bounded by the config.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from prometheus_client import Counter, Gauge, Histogram
+
+RECONCILE_DURATION = Histogram(
+    "gitsync_reconcile_duration_seconds",
+    "Seconds one reconcile of an app took, by result.",
+    ["app", "result"],
+    buckets=(0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800),
+)
+SYNCS = Counter(
+    "gitsync_syncs_total",
+    "Reconciles finished, by app and result (synced, unchanged, failed, rolled-back, ...).",
+    ["app", "result"],
+)
+ROLLBACKS = Counter(
+    "gitsync_rollbacks_total",
+    "Rollbacks to the last healthy revision after a failed health gate.",
+    ["app"],
+)
+DRIFT_OBJECTS = Gauge(
+    "gitsync_drift_objects",
+    "Managed objects whose live state differs from the last applied intent.",
+    ["app"],
+)
+LAST_SYNC = Gauge(
+    "gitsync_last_sync_timestamp_seconds",
+    "Unix time of the app's last reconcile that ended synced or unchanged.",
+    ["app"],
+)
+REVISION_INFO = Gauge(
+    "gitsync_revision_info",
+    "1 for the commit the app was last reconciled at.",
+    ["app", "revision"],
+)
+IS_LEADER = Gauge(
+    "gitsync_leader",
+    "1 while this process holds the leader Lease and may write to the cluster.",
+)
+WEBHOOKS = Counter(
+    "gitsync_webhook_requests_total",
+    "Requests to /hooks/<app>, by HTTP status answered.",
+    ["code"],
+)
+
+_revisions: dict[str, str] = {}
+_revisions_lock = threading.Lock()
+
+
+def record_sync(*, app: str, result: str, revision: str, seconds: float, now: float) -> None:
+    """Count one finished reconcile; keep exactly one revision series per app."""
+    RECONCILE_DURATION.labels(app=app, result=result).observe(seconds)
+    SYNCS.labels(app=app, result=result).inc()
+    if result == "rolled-back":
+        ROLLBACKS.labels(app=app).inc()
+    if result in ("synced", "unchanged"):
+        LAST_SYNC.labels(app=app).set(now)
+    if revision:
+        with _revisions_lock:
+            old = _revisions.get(app)
+            if old != revision:
+                if old is not None:
+                    REVISION_INFO.remove(app, old)
+                REVISION_INFO.labels(app=app, revision=revision).set(1)
+                _revisions[app] = revision

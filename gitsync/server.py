@@ -1,0 +1,253 @@
+"""The controller's one HTTP server: probes, metrics and signed webhook triggers.
+
+    GET  /healthz        200 while the process and its election loop live
+    GET  /readyz         200 when leading or a healthy standby; 503 when a sync is stuck
+    GET  /metrics        Prometheus text format (prometheus-client's default registry)
+    POST /hooks/<app>    202 after a valid ``X-Hub-Signature-256: sha256=<hex>`` (GitHub,
+                         Gitea, Forgejo) HMAC-SHA256 of the raw body; sync starts at once
+
+Everything else is refused: 404 unknown path, app or disabled webhooks, 405 wrong method,
+411 no Content-Length, 413 body over the limit (never read), 401 missing or wrong
+signature, 503 on a standby (the sender should retry; the leader's poll catches up
+anyway). The signature is checked before the app name, so an unsigned caller learns
+nothing about which apps exist.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import threading
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Protocol
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from gitsync import metrics
+from gitsync.errors import ConfigError
+
+SIGNATURE_HEADERS = ("X-Hub-Signature-256", "X-Gitea-Signature", "X-Forgejo-Signature")
+DELIVERY_HEADERS = ("X-GitHub-Delivery", "X-Gitea-Delivery", "X-Forgejo-Delivery")
+READ_TIMEOUT = 10.0  # seconds a client may take to send its request: no slowloris
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    """The header value a sender computes: ``sha256=<hex HMAC of body>``."""
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def verify_signature(secret: bytes, body: bytes, header: str) -> bool:
+    """Constant-time check of ``sha256=<hex>`` (or Gitea's bare ``<hex>``) against ``body``."""
+    if not secret or not header:
+        return False
+    given = header.strip().removeprefix("sha256=").lower()
+    expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
+    return hmac.compare_digest(given.encode("ascii", "replace"), expected.encode("ascii"))
+
+
+class Trigger(Protocol):
+    """What the server asks of the controller; the controller implements it."""
+
+    def has_app(self, app: str) -> bool: ...
+
+    def trigger(self, app: str) -> str:
+        """``started``, ``queued`` (a sync is running; another follows) or ``standby``."""
+        ...
+
+    def health(self) -> tuple[bool, dict[str, Any]]: ...
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WebhookSettings:
+    secret: bytes
+    max_body_bytes: int
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """``HOST:PORT`` or ``:PORT`` (all interfaces)."""
+    host, _, port = listen.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+class Server:
+    """``ThreadingHTTPServer`` in a daemon thread; ``start`` binds, ``stop`` closes."""
+
+    def __init__(
+        self,
+        *,
+        listen: str,
+        controller: Trigger,
+        webhook: WebhookSettings | None,
+        logger: Any,
+    ) -> None:
+        self._listen = listen
+        self.controller = controller
+        self.webhook = webhook
+        self.log = logger
+        self._httpd: _HTTPServer | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        if self._httpd is None:
+            msg = "server not started"
+            raise RuntimeError(msg)
+        return int(self._httpd.server_address[1])
+
+    def start(self) -> None:
+        host, port = parse_listen(self._listen)
+        try:
+            self._httpd = _HTTPServer((host, port), self)
+        except OSError as e:
+            msg = f"controller.listen: cannot listen on {self._listen!r}: {e.strerror}"
+            raise ConfigError(msg) from e
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, args=(0.1,), name="gitsync-http", daemon=True
+        )
+        self._thread.start()
+        self.log.info("server.listening", address=f"{host or '*'}:{self.port}")
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], app: Server) -> None:
+        self.app = app
+        super().__init__(address, _Handler)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _HTTPServer
+    timeout = READ_TIMEOUT
+    server_version = "gitsync"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Quiet: probes every few seconds are not worth a log line; webhooks log their own."""
+
+    # --- plumbing ----------------------------------------------------------------------
+
+    def _send(
+        self,
+        status: int,
+        body: bytes | dict[str, Any],
+        *,
+        content_type: str = "application/json",
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        data = (
+            body if isinstance(body, bytes) else (json.dumps(body, sort_keys=True) + "\n").encode()
+        )
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(data)
+
+    def _error(self, status: HTTPStatus, **headers: str) -> None:
+        self._send(status, {"error": status.phrase}, headers=headers)
+
+    def _hook_app(self) -> str | None:
+        path = self.path.split("?", 1)[0]
+        if not path.startswith("/hooks/"):
+            return None
+        return path.removeprefix("/hooks/")
+
+    # --- routes ------------------------------------------------------------------------
+
+    def do_GET(self) -> None:
+        app = self.server.app
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            ok, detail = app.controller.health()
+            self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, detail)
+        elif path == "/readyz":
+            ok, detail = app.controller.readiness()
+            self._send(HTTPStatus.OK if ok else HTTPStatus.SERVICE_UNAVAILABLE, detail)
+        elif path == "/metrics":
+            self._send(HTTPStatus.OK, generate_latest(), content_type=CONTENT_TYPE_LATEST)
+        elif self._hook_app() is not None and app.webhook is not None:
+            self._error(HTTPStatus.METHOD_NOT_ALLOWED, Allow="POST")
+        else:
+            self._error(HTTPStatus.NOT_FOUND)
+
+    def do_HEAD(self) -> None:
+        self.do_GET()
+
+    def _not_allowed(self) -> None:
+        app = self.server.app
+        path = self.path.split("?", 1)[0]
+        if path in ("/healthz", "/readyz", "/metrics"):
+            self._error(HTTPStatus.METHOD_NOT_ALLOWED, Allow="GET, HEAD")
+        elif self._hook_app() is not None and app.webhook is not None and self.command != "POST":
+            self._error(HTTPStatus.METHOD_NOT_ALLOWED, Allow="POST")
+        else:
+            self._error(HTTPStatus.NOT_FOUND)
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _not_allowed  # noqa: N815 - http.server names
+
+    def do_POST(self) -> None:
+        app = self.server.app
+        name = self._hook_app()
+        if name is None or app.webhook is None:
+            self._not_allowed()
+            return
+        status = self._hook(app, app.webhook, name)
+        metrics.WEBHOOKS.labels(code=str(int(status))).inc()
+
+    def _hook(self, app: Server, hook: WebhookSettings, name: str) -> HTTPStatus:
+        log = app.log.bind(app=name, remote=self.client_address[0])
+        length = self.headers.get("Content-Length")
+        if self.headers.get("Transfer-Encoding") or length is None or not length.isdigit():
+            self.close_connection = True
+            return self._refuse(HTTPStatus.LENGTH_REQUIRED, log, "no Content-Length")
+        if int(length) > hook.max_body_bytes:
+            self.close_connection = True  # the body is never read
+            return self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, log, f"{length} bytes")
+        try:
+            body = self.rfile.read(int(length))
+        except OSError:
+            self.close_connection = True
+            return HTTPStatus.REQUEST_TIMEOUT
+        if len(body) != int(length):
+            self.close_connection = True
+            return self._refuse(HTTPStatus.BAD_REQUEST, log, "body shorter than Content-Length")
+        header = next((self.headers[h] for h in SIGNATURE_HEADERS if self.headers.get(h)), "")
+        if not verify_signature(hook.secret, body, header):
+            why = "missing signature" if not header else "bad signature"
+            return self._refuse(HTTPStatus.UNAUTHORIZED, log, why)
+        if "/" in name or not app.controller.has_app(name):
+            return self._refuse(HTTPStatus.NOT_FOUND, log, "no such app")
+        outcome = app.controller.trigger(name)
+        if outcome == "standby":
+            log.info("webhook.standby")
+            self._send(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                {"app": name, "error": "this replica is a standby; retry"},
+                headers={"Retry-After": "5"},
+            )
+            return HTTPStatus.SERVICE_UNAVAILABLE
+        delivery = next((self.headers[h] for h in DELIVERY_HEADERS if self.headers.get(h)), "")
+        log.info("webhook.accepted", outcome=outcome, delivery=delivery[:64])
+        self._send(HTTPStatus.ACCEPTED, {"app": name, "sync": outcome})
+        return HTTPStatus.ACCEPTED
+
+    def _refuse(self, status: HTTPStatus, log: Any, reason: str) -> HTTPStatus:
+        log.warning("webhook.refused", status=int(status), reason=reason)
+        self._error(status)
+        return status

@@ -1,0 +1,426 @@
+"""``gitsync run`` as a real process against the local cluster and real Git servers."""
+
+from __future__ import annotations
+
+import base64
+import json
+import signal
+import socket
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gitsync.server import sign
+from tests.support.cluster_fixtures import Kubectl, wait_until
+from tests.support.controller_process import ControllerProcess, lease_config
+from tests.support.git_fixtures import GitHttpServer
+from tests.support.repos import BareRepo
+
+pytestmark = [pytest.mark.cluster, pytest.mark.git]
+
+LEASE = "gitsync-leader"
+
+
+def configmap(name: str, **data: str) -> str:
+    body = "".join(f"  {k}: {json.dumps(v)}\n" for k, v in data.items())
+    return f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\ndata:\n{body}"
+
+
+def cm_data(kubectl: Kubectl, ns: str, name: str) -> dict[str, str] | None:
+    out = kubectl("get", "configmap", name, "-n", ns, "-o", "json", check=False)
+    return json.loads(out.stdout).get("data") if out.returncode == 0 else None
+
+
+def lease(kubectl: Kubectl, ns: str) -> dict[str, Any]:
+    spec: dict[str, Any] = json.loads(
+        kubectl("get", "lease", LEASE, "-n", ns, "-o", "json").stdout
+    )["spec"]
+    return spec
+
+
+def app_config(name: str, repo: str, ns: str, **extra: Any) -> dict[str, Any]:
+    return {"name": name, "repo": repo, "namespace": ns, "interval": "1s", **extra}
+
+
+@pytest.fixture
+def state_ns(namespace_factory: Callable[[], str]) -> str:
+    return namespace_factory()
+
+
+@pytest.fixture
+def blackhole() -> Iterator[str]:
+    """An http URL whose server accepts connections and never answers: a hung Git host."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/hung.git"
+    finally:
+        sock.close()
+
+
+def test_run_syncs_two_apps_and_follows_new_commits_while_a_third_hangs(
+    *,
+    controllers: Callable[..., ControllerProcess],
+    make_repo: Callable[..., BareRepo],
+    namespace_factory: Callable[[], str],
+    state_ns: str,
+    kubectl: Kubectl,
+    blackhole: str,
+) -> None:
+    """Two apps sync and follow new commits; an app whose Git host hangs blocks neither."""
+    ns_a, ns_b = namespace_factory(), namespace_factory()
+    repo_a, repo_b = make_repo("a"), make_repo("b")
+    repo_a.commit({"cm.yaml": configmap("alpha", v="1")})
+    repo_b.commit({"cm.yaml": configmap("beta", v="1")})
+    proc = controllers(
+        {
+            "stateNamespace": state_ns,
+            "apps": [
+                app_config("hung", blackhole, ns_a),
+                app_config("alpha", repo_a.file_url, ns_a),
+                app_config("beta", repo_b.file_url, ns_b),
+            ],
+            "controller": {"leaderElection": lease_config(), "shutdownTimeout": "2s"},
+        }
+    )
+    wait_until(lambda: cm_data(kubectl, ns_a, "alpha"), timeout=30, what="alpha synced")
+    wait_until(lambda: cm_data(kubectl, ns_b, "beta"), timeout=30, what="beta synced")
+    proc.wait_event("sync.started", app="hung")
+
+    sha = repo_a.commit({"cm.yaml": configmap("alpha", v="2")})
+    wait_until(
+        lambda: (cm_data(kubectl, ns_a, "alpha") or {}).get("v") == "2",
+        timeout=30,
+        what="alpha follows the new commit",
+    )
+    proc.wait_event("sync.done", app="alpha", revision=sha[:12], result="synced")
+    proc.wait_event("sync.done", app="beta", count=4)
+    # Still inside its first fetch (120 s timeout), and it held up nobody.
+    assert not proc.events("sync.failed", app="hung")
+
+    status, body = proc.get("/readyz")
+    assert status == 200, body
+    ready = json.loads(body)
+    assert ready["leader"] is True
+    assert ready["apps"]["hung"]["running_seconds"] > 0
+    status, body = proc.get("/healthz")
+    assert status == 200
+    status, body = proc.get("/metrics")
+    text = body.decode()
+    for name in (
+        "gitsync_reconcile_duration_seconds_bucket",
+        "gitsync_syncs_total",
+        "gitsync_rollbacks_total",
+        "gitsync_drift_objects",
+        "gitsync_last_sync_timestamp_seconds",
+        "gitsync_revision_info",
+    ):
+        assert name in text, name
+    assert f'gitsync_revision_info{{app="alpha",revision="{sha}"}} 1.0' in text
+    assert 'gitsync_syncs_total{app="alpha",result="synced"} 2.0' in text
+    assert "gitsync_leader 1.0" in text
+
+    events = json.loads(kubectl("get", "events", "-n", state_ns, "-o", "json").stdout)["items"]
+    synced = {e["involvedObject"]["name"] for e in events if e["reason"] == "Synced"}
+    assert {"gitsync-alpha", "gitsync-beta"} <= synced
+    # SIGTERM while "hung" is still fetching: wait shutdownTimeout, keep the Lease, exit 0.
+    assert proc.terminate() == 0
+    assert proc.events("shutdown.abandoned")[0]["apps"] == ["hung"]
+    assert lease(kubectl, state_ns)["holderIdentity"].startswith("gitsync_")
+
+
+def test_failing_app_is_retried_with_backoff_and_others_keep_syncing(
+    controllers: Callable[..., ControllerProcess],
+    make_repo: Callable[..., BareRepo],
+    namespace: str,
+    state_ns: str,
+    kubectl: Kubectl,
+) -> None:
+    """A repo that refuses connections fails fast, is retried sooner than its interval, logs."""
+    repo = make_repo("ok")
+    repo.commit({"cm.yaml": configmap("ok", v="1")})
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # nothing listens there now: connection refused
+    proc = controllers(
+        {
+            "stateNamespace": state_ns,
+            "apps": [
+                app_config("gone", f"http://127.0.0.1:{port}/x.git", namespace, interval="1h"),
+                app_config("ok", repo.file_url, namespace),
+            ],
+            "controller": {
+                "leaderElection": lease_config(),
+                "retry": {"initial": "200ms", "max": "1s"},
+            },
+        }
+    )
+    retry = proc.wait_event("sync.retry", app="gone", count=3)
+    assert retry["attempt"] == 3
+    assert retry["seconds"] <= 1.1
+    failed = proc.events("sync.failed", app="gone")
+    assert "Couldn't connect" in failed[0]["error"] or "refused" in failed[0]["error"].lower()
+    wait_until(lambda: cm_data(kubectl, namespace, "ok"), timeout=30, what="ok synced")
+    events = json.loads(kubectl("get", "events", "-n", state_ns, "-o", "json").stdout)["items"]
+    failures = [e for e in events if e["reason"] == "SyncFailed"]
+    # One Event for a repeating failure, not one per retry.
+    assert len(failures) == 1
+    assert failures[0]["involvedObject"]["name"] == "gitsync-gone"
+    assert proc.terminate() == 0
+
+
+def test_webhook_with_valid_signature_syncs_at_once_and_bad_ones_are_refused(
+    controllers: Callable[..., ControllerProcess],
+    make_repo: Callable[..., BareRepo],
+    namespace: str,
+    state_ns: str,
+    kubectl: Kubectl,
+) -> None:
+    """A signed POST /hooks/<app> syncs within a second; unsigned, wrong, big ones are refused."""
+    secret = b"hook-s3cret"
+    kubectl(
+        "create", "secret", "generic", "hook", "-n", state_ns,
+        f"--from-literal=secret={secret.decode()}",
+    )  # fmt: skip
+    repo = make_repo("hooked")
+    repo.commit({"cm.yaml": configmap("hooked", v="1")})
+    proc = controllers(
+        {
+            "stateNamespace": state_ns,
+            "apps": [app_config("hooked", repo.file_url, namespace, interval="1h")],
+            "controller": {
+                "leaderElection": lease_config(),
+                "webhook": {"secretRef": {"name": "hook"}, "maxBodyBytes": 4096},
+            },
+        }
+    )
+    proc.wait_event("sync.done", app="hooked")
+    sha = repo.commit({"cm.yaml": configmap("hooked", v="2")})
+    body = json.dumps({"ref": "refs/heads/main", "after": sha}).encode()
+
+    def post(path: str, payload: bytes, signature: str | None) -> int:
+        headers = {"Content-Type": "application/json", "X-GitHub-Event": "push"}
+        if signature is not None:
+            headers["X-Hub-Signature-256"] = signature
+        return proc.request(path, method="POST", body=payload, headers=headers)[0]
+
+    assert post("/hooks/hooked", body, None) == 401
+    assert post("/hooks/hooked", body, sign(b"wrong", body)) == 401
+    assert post("/hooks/hooked", body + b" ", sign(secret, body)) == 401
+    assert post("/hooks/nope", body, sign(secret, body)) == 404
+    assert post("/hooks/hooked", b"x" * 5000, sign(secret, b"x" * 5000)) == 413
+    assert proc.get("/hooks/hooked")[0] == 405
+    assert post("/metrics", body, sign(secret, body)) == 405
+    time.sleep(0.5)
+    assert (cm_data(kubectl, namespace, "hooked") or {}).get("v") == "1", "refused hooks synced"
+
+    began = time.monotonic()
+    assert post("/hooks/hooked", body, sign(secret, body)) == 202
+    wait_until(
+        lambda: (cm_data(kubectl, namespace, "hooked") or {}).get("v") == "2",
+        timeout=5,
+        what="webhook-triggered sync",
+        interval=0.05,
+    )
+    took = time.monotonic() - began
+    assert took < 1.0, f"webhook sync took {took:.2f}s"
+    proc.wait_event("webhook.accepted", app="hooked")
+    _, metrics = proc.get("/metrics")
+    assert b'gitsync_webhook_requests_total{code="202"} 1.0' in metrics
+    assert b'gitsync_webhook_requests_total{code="401"} 3.0' in metrics
+    assert proc.terminate() == 0
+
+
+def test_two_controllers_elect_one_leader_and_standby_takes_over_after_kill(
+    controllers: Callable[..., ControllerProcess],
+    make_repo: Callable[..., BareRepo],
+    namespace: str,
+    state_ns: str,
+    kubectl: Kubectl,
+) -> None:
+    """Only the leader syncs; after kill -9 the standby takes the Lease and applies the work."""
+    repo = make_repo("ha")
+    repo.commit({"cm.yaml": configmap("ha", v="1")})
+    cfg = {
+        "stateNamespace": state_ns,
+        "apps": [app_config("ha", repo.file_url, namespace)],
+        "controller": {"leaderElection": lease_config()},
+    }
+    first = controllers(cfg, name="replica-a")
+    first.wait_event("leader.acquired")
+    second = controllers(cfg, name="replica-b")
+    second.wait_event("leader.candidate")
+    first.wait_event("sync.done", app="ha", count=3)
+    assert lease(kubectl, state_ns)["holderIdentity"].startswith("replica-a_")
+    assert not second.events("sync.started")
+    assert not second.events("leader.acquired")
+    status, body = second.get("/readyz")
+    assert status == 200, body
+    assert json.loads(body)["leader"] is False
+    assert second.request("/metrics")[1].count(b"gitsync_leader 0.0") == 1
+
+    first.kill()
+    killed = time.monotonic()
+    sha = repo.commit({"cm.yaml": configmap("ha", v="2")})
+    second.wait_event("leader.acquired", timeout=15)
+    failover = time.monotonic() - killed
+    wait_until(
+        lambda: (cm_data(kubectl, namespace, "ha") or {}).get("v") == "2",
+        timeout=15,
+        what="new leader applies the new commit",
+    )
+    second.wait_event("sync.done", app="ha", revision=sha[:12])
+    # leaseDuration 4 s, retryPeriod 0.5 s (x1.2 jitter): the Lease is taken within ~5 s.
+    print(f"failover after kill -9: {failover:.2f}s")
+    assert failover < 4 + 0.6 + 1.5
+    assert lease(kubectl, state_ns)["holderIdentity"].startswith("replica-b_")
+
+    # SIGTERM: clean exit, and the Lease is handed back at once.
+    assert second.terminate() == 0
+    second.wait_event("controller.stopped", released_lease=True)
+    assert lease(kubectl, state_ns).get("holderIdentity", "") == ""
+
+
+def test_released_lease_is_taken_by_the_standby_at_once(
+    controllers: Callable[..., ControllerProcess],
+    make_repo: Callable[..., BareRepo],
+    namespace: str,
+    state_ns: str,
+) -> None:
+    """SIGTERM on the leader releases the Lease: the standby leads within a retry period."""
+    repo = make_repo("handover")
+    repo.commit({"cm.yaml": configmap("handover", v="1")})
+    cfg = {
+        "stateNamespace": state_ns,
+        "apps": [app_config("handover", repo.file_url, namespace)],
+        "controller": {"leaderElection": lease_config(leaseDuration="30s", renewDeadline="20s")},
+    }
+    first = controllers(cfg, name="one")
+    first.wait_event("sync.done", app="handover")
+    second = controllers(cfg, name="two")
+    second.wait_event("leader.candidate")
+    time.sleep(1.0)
+    began = time.monotonic()
+    first.signal(signal.SIGTERM)
+    assert first.proc.wait(timeout=30) == 0
+    second.wait_event("leader.acquired", timeout=5)
+    took = time.monotonic() - began
+    print(f"handover after SIGTERM: {took:.2f}s")
+    assert took < 3.0, "a released Lease must not wait for its 30 s duration"
+    second.wait_event("sync.done", app="handover")
+
+
+def test_credentials_from_a_secret_work_for_smart_http_and_never_reach_the_logs(
+    *,
+    controllers: Callable[..., ControllerProcess],
+    make_repo: Callable[..., BareRepo],
+    git_http: GitHttpServer,
+    namespace: str,
+    state_ns: str,
+    kubectl: Kubectl,
+) -> None:
+    """auth.secretRef with username/password (and a token) fetches from the basic-auth server."""
+    repo = make_repo("private")
+    repo.commit({"cm.yaml": configmap("private", v="1")})
+    repo2 = make_repo("private-token")
+    repo2.commit({"cm.yaml": configmap("private-token", v="1")})
+    kubectl(
+        "create", "secret", "generic", "git-basic", "-n", state_ns,
+        f"--from-literal=username={git_http.username}",
+        f"--from-literal=password={git_http.password}",
+    )  # fmt: skip
+    kubectl(
+        "create", "secret", "generic", "git-token", "-n", state_ns,
+        f"--from-literal=token={git_http.token}",
+    )  # fmt: skip
+    proc = controllers(
+        {
+            "stateNamespace": state_ns,
+            "apps": [
+                app_config(
+                    "private", git_http.url(repo), namespace, auth={"secretRef": "git-basic"}
+                ),
+                app_config(
+                    "private-token",
+                    git_http.url(repo2),
+                    namespace,
+                    auth={"secretRef": "git-token"},
+                ),
+            ],
+            "controller": {"leaderElection": lease_config()},
+        }
+    )
+    wait_until(lambda: cm_data(kubectl, namespace, "private"), timeout=30, what="basic auth")
+    wait_until(lambda: cm_data(kubectl, namespace, "private-token"), timeout=30, what="token")
+    # Rotation: a changed Secret is read on the next sync.
+    kubectl("delete", "secret", "git-basic", "-n", state_ns)
+    proc.wait_event("sync.failed", app="private", stage="credentials")
+    assert proc.terminate() == 0
+    text = proc.log_path.read_text()
+    assert git_http.password not in text
+    assert git_http.token not in text
+    encoded = base64.b64encode(git_http.password.encode()).decode()
+    assert encoded not in text
+
+
+@pytest.mark.parametrize(
+    ("edit", "expected"),
+    [
+        ({"apps": [{"name": "x", "repo": "file:///x", "selfheal": True}]}, "apps[0].selfheal"),
+        ({"apps": [{"name": "x", "repo": "file:///x", "interval": "5x"}]}, "apps[0].interval"),
+        (
+            {"apps": [{"name": "x", "repo": "file:///x"}, {"name": "x", "repo": "file:///y"}]},
+            "apps[1].name",
+        ),
+        (
+            {"apps": [{"name": "x", "repo": "file:///x"}], "controller": {"listen": "nope"}},
+            "controller.listen",
+        ),
+    ],
+)
+def test_bad_config_exits_2_with_the_key_path_before_touching_the_cluster(
+    tmp_path: Path, edit: dict[str, Any], expected: str
+) -> None:
+    """Unknown keys, bad durations, duplicate apps: exit 2 and the key path, nothing else."""
+    import subprocess
+
+    from tests.support.controller_process import GITSYNC, write_config
+
+    path = write_config(tmp_path / "bad.yaml", edit)
+    result = subprocess.run(
+        [GITSYNC, "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={"KUBECONFIG": str(tmp_path / "does-not-exist"), "PATH": "/usr/bin:/bin"},
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    assert expected in result.stderr
+    assert result.stderr.startswith("error: ")
+
+
+def test_missing_auth_secret_exits_2_with_the_key_path(
+    controllers: Callable[..., ControllerProcess], state_ns: str
+) -> None:
+    """An auth.secretRef naming no Secret is a config error: exit 2, nothing synced."""
+    proc = controllers(
+        {
+            "stateNamespace": state_ns,
+            "apps": [
+                {"name": "ok", "repo": "file:///x"},
+                {"name": "needs-auth", "repo": "file:///y", "auth": {"secretRef": "missing"}},
+            ],
+            "controller": {"webhook": {"secretRef": {"name": "no-hook"}}},
+        }
+    )
+    assert proc.proc.wait(timeout=30) == 2
+    text = proc.log_path.read_text()
+    assert "apps[1].auth.secretRef: Secret" in text
+    assert f"{state_ns}/missing does not exist" in text
+    assert "sync.started" not in text

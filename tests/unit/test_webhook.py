@@ -1,0 +1,209 @@
+"""The HTTP server's webhook and probe routes, against a fake controller, on 127.0.0.1."""
+
+from __future__ import annotations
+
+import http.client
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from gitsync import log
+from gitsync.server import Server, WebhookSettings, sign, verify_signature
+
+SECRET = b"It's a Secret to Everybody"
+BODY = b"Hello, World!"
+
+
+def test_signature_matches_githubs_documented_example() -> None:
+    """The HMAC is GitHub's: their documented secret and payload give their documented digest."""
+    expected = "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17"
+    assert sign(SECRET, BODY) == expected
+    assert verify_signature(SECRET, BODY, expected)
+    assert verify_signature(SECRET, BODY, expected.removeprefix("sha256="))  # Gitea's form
+    assert verify_signature(SECRET, BODY, expected.upper().replace("SHA256=", "sha256="))
+
+
+@pytest.mark.parametrize(
+    "header",
+    ["", "sha256=", "sha1=0123", "sha256=" + "0" * 64, "sha256=zz", "sha256=\u00e9" * 3],
+)
+def test_wrong_or_missing_signatures_are_refused(header: str) -> None:
+    """Empty, truncated, other-algorithm, non-hex and wrong digests never verify."""
+    assert not verify_signature(SECRET, BODY, header)
+
+
+def test_an_empty_secret_verifies_nothing() -> None:
+    """A misconfigured empty secret cannot turn into 'accept everything'."""
+    assert not verify_signature(b"", BODY, sign(b"", BODY))
+
+
+@dataclass
+class FakeController:
+    leader: bool = True
+    triggered: list[str] = field(default_factory=list)
+    ready: bool = True
+
+    def has_app(self, app: str) -> bool:
+        return app in {"shop", "blog"}
+
+    def trigger(self, app: str) -> str:
+        if not self.leader:
+            return "standby"
+        self.triggered.append(app)
+        return "started"
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        return True, {"status": "ok"}
+
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        return self.ready, {"problems": [] if self.ready else ["stuck"]}
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[Server, FakeController]]:
+    fake = FakeController()
+    server = Server(
+        listen="127.0.0.1:0",
+        controller=fake,
+        webhook=WebhookSettings(secret=SECRET, max_body_bytes=1024),
+        logger=log.get(component="server"),
+    )
+    server.start()
+    try:
+        yield server, fake
+    finally:
+        server.stop()
+
+
+def call(
+    server: Server,
+    method: str,
+    path: str,
+    body: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, bytes]:
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        conn.request(method, path, body=body, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def signed(body: bytes = BODY) -> dict[str, str]:
+    return {"X-Hub-Signature-256": sign(SECRET, body)}
+
+
+def test_signed_post_triggers_the_app(served: tuple[Server, FakeController]) -> None:
+    """A valid signature gets 202 and exactly one trigger of that app."""
+    server, fake = served
+    status, body = call(server, "POST", "/hooks/shop", BODY, signed())
+    assert status == 202
+    assert json.loads(body) == {"app": "shop", "sync": "started"}
+    assert fake.triggered == ["shop"]
+
+
+def test_gitea_header_is_accepted(served: tuple[Server, FakeController]) -> None:
+    """Gitea's X-Gitea-Signature carries the bare hex digest."""
+    server, fake = served
+    header = {"X-Gitea-Signature": sign(SECRET, BODY).removeprefix("sha256=")}
+    assert call(server, "POST", "/hooks/blog", BODY, header)[0] == 202
+    assert fake.triggered == ["blog"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "headers", "status"),
+    [
+        ("POST", "/hooks/shop", BODY, {}, 401),
+        ("POST", "/hooks/shop", BODY, {"X-Hub-Signature-256": sign(b"other", BODY)}, 401),
+        ("POST", "/hooks/shop", BODY + b"!", signed(), 401),
+        ("POST", "/hooks/nope", BODY, signed(), 404),
+        ("POST", "/hooks/", BODY, signed(), 404),
+        ("POST", "/hooks/shop/extra", BODY, signed(), 404),
+        ("POST", "/elsewhere", BODY, signed(), 404),
+        ("GET", "/hooks/shop", None, {}, 405),
+        ("PUT", "/hooks/shop", BODY, signed(), 405),
+        ("POST", "/healthz", BODY, signed(), 405),
+        ("DELETE", "/metrics", None, {}, 405),
+        ("POST", "/hooks/shop", b"x" * 2048, signed(b"x" * 2048), 413),
+    ],
+)
+def test_everything_else_is_refused(
+    *,
+    served: tuple[Server, FakeController],
+    method: str,
+    path: str,
+    body: bytes | None,
+    headers: dict[str, str],
+    status: int,
+) -> None:
+    """Unsigned, wrongly signed, unknown app, wrong method, oversize: refused, nothing synced."""
+    server, fake = served
+    assert call(server, method, path, body, headers)[0] == status
+    assert fake.triggered == []
+
+
+def test_chunked_body_without_length_is_refused(served: tuple[Server, FakeController]) -> None:
+    """No Content-Length (chunked): 411 before reading an unbounded body."""
+    server, fake = served
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        conn.putrequest("POST", "/hooks/shop")
+        conn.putheader("Transfer-Encoding", "chunked")
+        for key, value in signed().items():
+            conn.putheader(key, value)
+        conn.endheaders()
+        conn.send(b"d\r\nHello, World!\r\n0\r\n\r\n")
+        assert conn.getresponse().status == 411
+    finally:
+        conn.close()
+    assert fake.triggered == []
+
+
+def test_standby_answers_503_with_retry_after(served: tuple[Server, FakeController]) -> None:
+    """A standby cannot sync: the sender is told to retry (the leader's poll catches up too)."""
+    server, fake = served
+    fake.leader = False
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        conn.request("POST", "/hooks/shop", body=BODY, headers=signed())
+        resp = conn.getresponse()
+        assert resp.status == 503
+        assert resp.getheader("Retry-After") == "5"
+    finally:
+        conn.close()
+
+
+def test_probes_and_metrics(served: tuple[Server, FakeController]) -> None:
+    """/healthz and /readyz follow the controller; /metrics is Prometheus text."""
+    server, fake = served
+    assert call(server, "GET", "/healthz")[0] == 200
+    assert call(server, "GET", "/readyz")[0] == 200
+    fake.ready = False
+    status, body = call(server, "GET", "/readyz")
+    assert status == 503
+    assert json.loads(body)["problems"] == ["stuck"]
+    status, body = call(server, "GET", "/metrics")
+    assert status == 200
+    assert b"# TYPE gitsync_syncs_total counter" in body
+    assert b"# TYPE gitsync_reconcile_duration_seconds histogram" in body
+
+
+def test_hooks_are_404_when_no_webhook_is_configured() -> None:
+    """Without a webhook section, /hooks/ does not exist, signed or not."""
+    server = Server(
+        listen="127.0.0.1:0",
+        controller=FakeController(),
+        webhook=None,
+        logger=log.get(component="server"),
+    )
+    server.start()
+    try:
+        assert call(server, "POST", "/hooks/shop", BODY, signed())[0] == 404
+        assert call(server, "GET", "/hooks/shop")[0] == 404
+    finally:
+        server.stop()
