@@ -28,6 +28,11 @@ from gitsync.model import FIELD_MANAGER, KubeObject, ObjectRef
 _AGGREGATED = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
 _APPLY = "application/apply-patch+yaml"
 _MERGE = "application/merge-patch+json"
+# API Priority and Fairness protects the server and answers 429 with Retry-After, which we
+# honour; the client-side bucket is only a backstop against a runaway loop, so it is set
+# well above what a sync of a few thousand objects needs.
+DEFAULT_QPS = 500.0
+DEFAULT_BURST = 1000
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -155,8 +160,8 @@ class Kube:
         host: str,
         pool: urllib3.PoolManager,
         auth: Callable[[], dict[str, str]],
-        qps: float = 200.0,
-        burst: int = 400,
+        qps: float = DEFAULT_QPS,
+        burst: int = DEFAULT_BURST,
         timeout: float = 30.0,
     ) -> None:
         self.host = host.rstrip("/")
@@ -176,8 +181,8 @@ class Kube:
         *,
         kubeconfig: str | Path | None = None,
         context: str | None = None,
-        qps: float = 200.0,
-        burst: int = 400,
+        qps: float = DEFAULT_QPS,
+        burst: int = DEFAULT_BURST,
         pool_size: int = 32,
     ) -> Kube:
         """Credentials from ``kubeconfig``, else $KUBECONFIG/~/.kube/config, else in-cluster."""
@@ -201,7 +206,12 @@ class Kube:
 
     @classmethod
     def from_configuration(
-        cls, cfg: Any, *, qps: float = 200.0, burst: int = 400, pool_size: int = 32
+        cls,
+        cfg: Any,
+        *,
+        qps: float = DEFAULT_QPS,
+        burst: int = DEFAULT_BURST,
+        pool_size: int = 32,
     ) -> Kube:
         ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.verify_ssl else None
         if ctx is None:

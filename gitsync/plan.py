@@ -16,7 +16,7 @@ from typing import Any
 
 from deepdiff import DeepDiff
 
-from gitsync.errors import ApplyError, KubeError, NotFoundError
+from gitsync.errors import ApplyError, KubeError
 from gitsync.fields import content_hash, fingerprint
 from gitsync.inventory import AppState, InventoryEntry
 from gitsync.kube import Kube, Resource
@@ -190,8 +190,10 @@ def make_plan(
     state: AppState,
     workers: int = 16,
 ) -> Plan:
-    """Compare the desired set with the cluster; only ``kube`` reads, nothing is written."""
-    kube.discover(refresh=True)
+    """Compare the desired set with the cluster; only ``kube`` reads, nothing is written.
+
+    Discovery is taken as cached: the caller refreshed it before rendering.
+    """
     known: dict[Identity, InventoryEntry] = {e.ref.identity(): e for e in state.inventory}
     desired_ids = {m.ref.identity() for m in manifests.manifests}
 
@@ -211,11 +213,7 @@ def make_plan(
         if res is not None:
             resources.append(res)
     live = list_live(kube, app, resources)
-    new_namespaces = frozenset(
-        m.ref.name
-        for m in manifests.manifests
-        if m.ref.kind == "Namespace" and not m.ref.group and m.ref.identity() not in live.objects
-    )
+    new_namespaces = _new_namespaces(kube, manifests, live)
 
     def plan_one(item: tuple[Manifest, Resource]) -> Change:
         m, _res = item
@@ -232,7 +230,11 @@ def make_plan(
             return Change(
                 ref=ref, action=Action.UNCHANGED, source=m.source, manifest=m, live=current
             )
-        return plan_object(kube, m, current, new_namespaces)
+        if ref.namespace in new_namespaces:
+            # Its Namespace does not exist yet, so neither does it, and a dry-run can only
+            # answer 404: the apply stage, after the Namespace stage, validates it.
+            return _deferred(m)
+        return plan_object(kube, m, current)
 
     failures: list[tuple[str, str]] = []
     changes: list[Change] = []
@@ -244,17 +246,7 @@ def make_plan(
                 changes.append(result)
     if failures:
         raise ApplyError(failures)
-    for m in deferred:
-        changes.append(
-            Change(
-                ref=m.ref,
-                action=Action.CREATE,
-                source=m.source,
-                manifest=m,
-                diff=_whole(m.obj),
-                deferred=True,
-            )
-        )
+    changes.extend(_deferred(m) for m in deferred)
     for e in stale:
         changes.append(
             Change(ref=e.ref, action=Action.PRUNE, live=live.objects.get(e.ref.identity()))
@@ -262,27 +254,30 @@ def make_plan(
     return Plan(changes=tuple(changes))
 
 
-def plan_object(
-    kube: Kube,
-    m: Manifest,
-    current: KubeObject | None,
-    new_namespaces: frozenset[str] = frozenset(),
-) -> Change:
+def _new_namespaces(kube: Kube, manifests: ManifestSet, live: LiveIndex) -> frozenset[str]:
+    """Namespaces this set creates: neither listed with our label nor existing at all."""
+    candidates = [
+        m.ref
+        for m in manifests.manifests
+        if m.ref.kind == "Namespace" and not m.ref.group and m.ref.identity() not in live.objects
+    ]
+    return frozenset(ref.name for ref in candidates if kube.get(ref) is None)
+
+
+def _deferred(m: Manifest) -> Change:
+    return Change(
+        ref=m.ref,
+        action=Action.CREATE,
+        source=m.source,
+        manifest=m,
+        diff=_whole(m.obj),
+        deferred=True,
+    )
+
+
+def plan_object(kube: Kube, m: Manifest, current: KubeObject | None) -> Change:
     """Dry-run one object and diff it against what is live."""
-    try:
-        result = kube.apply(m.obj, dry_run=True)
-    except NotFoundError:
-        if current is None and m.ref.namespace in new_namespaces:
-            # Its Namespace is created by this same set; the apply stage validates it.
-            return Change(
-                ref=m.ref,
-                action=Action.CREATE,
-                source=m.source,
-                manifest=m,
-                diff=_whole(m.obj),
-                deferred=True,
-            )
-        raise
+    result = kube.apply(m.obj, dry_run=True)
     if current is None and result.get("metadata", {}).get("resourceVersion"):
         # It exists but without our label (adoption): diff against the real object.
         current = kube.get(m.ref)

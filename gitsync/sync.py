@@ -155,15 +155,16 @@ class _Run:
         counts = prep.plan.counts()
         self.log.info("sync.planned", **counts)
         applied = apply_plan(prep.plan, kube=self.kube, progress=self.progress)
-        for change in prep.plan.changes:
-            if change.ref in applied.written:
-                self.log.info(
-                    "sync.applied",
-                    action=change.action.value,
-                    object=str(change.ref),
-                    source=change.source,
-                    fields=len(change.diff),
-                )
+        by_id = {c.ref.identity(): c for c in prep.plan.changes}
+        for ref in applied.written:  # in the order they were applied
+            change = by_id[ref.identity()]
+            self.log.info(
+                "sync.applied",
+                action=change.action.value,
+                object=str(ref),
+                source=change.source,
+                fields=len(change.diff),
+            )
         # What we own now: everything applied, plus everything we owned and did not delete.
         state = _record(prep.state, rev.sha, applied.entries, keep=prep.state.inventory)
         if not applied.ok:

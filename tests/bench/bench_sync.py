@@ -1,0 +1,208 @@
+"""Sync benchmark: gitsync vs `kubectl apply --server-side` on the same cluster, same run.
+
+    python -m tests.bench.bench_sync [--objects 1000] [--kubeconfig PATH]
+
+Prints wall times, the gitsync/kubectl ratio, API calls by verb and peak RSS for: a first
+sync of N mixed objects across 10 namespaces, a no-op resync, and a one-object change.
+Figures only: nothing here asserts a time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import structlog
+
+from gitsync import config, log
+from gitsync.devcluster import ClusterConfig, DevCluster, resolve_bin_dir
+from gitsync.kube import Kube
+from gitsync.sync import Context, SyncResult, sync_app
+from tests.support.repos import BareRepo
+
+WRITES = ("apply", "create", "update", "delete", "patch")
+# Per namespace: (kind, count). 10 namespaces x 100 = 1000 objects.
+MIX = (
+    ("ConfigMap", 35),
+    ("Secret", 20),
+    ("ServiceAccount", 10),
+    ("Role", 10),
+    ("Service", 15),
+    ("Deployment", 10),
+)
+
+
+def _doc(kind: str, name: str, ns: str, i: int) -> str:
+    head = f"metadata:\n  name: {name}\n  namespace: {ns}\n"
+    if kind == "ConfigMap":
+        return f"apiVersion: v1\nkind: ConfigMap\n{head}data:\n  index: '{i}'\n  mode: blue\n"
+    if kind == "Secret":
+        return f"apiVersion: v1\nkind: Secret\n{head}stringData:\n  token: t-{i}\n"
+    if kind == "ServiceAccount":
+        return f"apiVersion: v1\nkind: ServiceAccount\n{head}"
+    if kind == "Role":
+        return (
+            f"apiVersion: rbac.authorization.k8s.io/v1\nkind: Role\n{head}"
+            "rules:\n- apiGroups: ['']\n  resources: [configmaps]\n  verbs: [get, list]\n"
+        )
+    if kind == "Service":
+        return (
+            f"apiVersion: v1\nkind: Service\n{head}spec:\n  selector: {{app: {name}}}\n"
+            "  ports:\n  - port: 80\n    targetPort: 8080\n"
+        )
+    return (
+        f"apiVersion: apps/v1\nkind: Deployment\n{head}spec:\n  replicas: 1\n"
+        f"  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n"
+        f"    metadata: {{labels: {{app: {name}}}}}\n    spec:\n"
+        f"      containers: [{{name: app, image: registry.invalid/app:{i}}}]\n"
+    )
+
+
+def generate(total: int, prefix: str) -> dict[str, str]:
+    """Files of a repo with ``total`` objects (rounded to the mix) in 10 namespaces."""
+    per_ns = sum(n for _, n in MIX)
+    scale = max(1, round(total / (10 * per_ns)))
+    files: dict[str, str] = {}
+    for n in range(10):
+        ns = f"{prefix}-{n}"
+        files[f"ns-{n}/00-namespace.yaml"] = (
+            f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"
+        )
+        for kind, count in MIX:
+            docs = [_doc(kind, f"{kind.lower()}-{i}", ns, i) for i in range(count * scale)]
+            files[f"ns-{n}/{kind.lower()}.yaml"] = "---\n".join(docs)
+    return files
+
+
+def _write(files: dict[str, str], root: Path) -> None:
+    for rel, text in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+@contextlib.contextmanager
+def cluster(kubeconfig: str | None) -> Iterator[tuple[Path, Path]]:
+    """(kubeconfig, kubectl) of a given cluster, or of one started for this run."""
+    bin_dir = resolve_bin_dir()
+    if kubeconfig:
+        yield Path(kubeconfig), bin_dir / "kubectl"
+        return
+    with tempfile.TemporaryDirectory(prefix="gitsync-bench-") as tmp:
+        dev = DevCluster(ClusterConfig(work_dir=Path(tmp), bin_dir=bin_dir, die_with_parent=True))
+        with dev:
+            yield dev.kubeconfig, bin_dir / "kubectl"
+
+
+def kubectl_apply(kubectl: Path, kubeconfig: Path, root: Path) -> tuple[float, Counter[str]]:
+    """Time kubectl's server-side apply and count its requests from its -v=6 log."""
+    args = [str(kubectl), f"--kubeconfig={kubeconfig}", "apply", "--server-side"]
+    args += ["--field-manager=bench-kubectl", "-R", "-f", str(root), "-v=6"]
+    start = time.perf_counter()
+    out = subprocess.run(args, capture_output=True, text=True, check=True)
+    seconds = time.perf_counter() - start
+    verbs = Counter(re.findall(r'"Response" verb="(\w+)"', out.stderr))
+    return seconds, verbs
+
+
+def _rss_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def run_sync(app: config.AppConfig, ctx: Context) -> tuple[SyncResult, float, float, Counter[str]]:
+    """Sync once; return the result, total seconds, health-gate seconds, API calls."""
+    ctx.kube.calls.clear()
+    with structlog.testing.capture_logs() as logs:
+        start = time.perf_counter()
+        result = sync_app(app, ctx)
+        seconds = time.perf_counter() - start
+    if result.result == "failed":
+        msg = f"gitsync sync failed: {result.error}"
+        raise SystemExit(msg)
+    gate = sum(float(e.get("seconds", 0)) for e in logs if e["event"] == "health.passed")
+    return result, seconds, gate, Counter(ctx.kube.calls)
+
+
+def _calls(c: Counter[str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in sorted(c.items())) or "none"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.bench_sync")
+    parser.add_argument("--objects", type=int, default=1000)
+    parser.add_argument("--kubeconfig", default=os.environ.get("GITSYNC_TEST_KUBECONFIG"))
+    args = parser.parse_args(argv)
+    log.configure(json=True, level="info")
+    run = uuid.uuid4().hex[:5]
+    with cluster(args.kubeconfig) as (kubeconfig, kubectl), tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        k_files = generate(args.objects, f"bk{run}")
+        g_files = generate(args.objects, f"bg{run}")
+        n_objects = sum(len(t.split("---\n")) for t in g_files.values())
+        _write(k_files, work / "kubectl")
+        k_seconds, k_verbs = kubectl_apply(kubectl, kubeconfig, work / "kubectl")
+
+        repo = BareRepo(work / "bench.git")
+        repo.commit(g_files, message="bench v1")
+        raw = {"name": f"bench-{run}", "repo": repo.file_url, "namespace": "default"}
+        (app,) = config.parse({"apps": [raw]}).apps
+        kube = Kube.connect(kubeconfig=kubeconfig)
+        ctx = Context(kube=kube, cache_dir=work / "cache", state_namespace=f"bench-state-{run}")
+        first, g_seconds, gate, first_calls = run_sync(app, ctx)
+        rss_first = _rss_mib()
+        noop, noop_seconds, _, noop_calls = run_sync(app, ctx)
+        changed = dict(g_files)
+        key = "ns-3/configmap.yaml"
+        changed[key] = changed[key].replace("mode: blue", "mode: green", 1)
+        repo.commit(changed, message="bench v2")
+        one, one_seconds, one_gate, one_calls = run_sync(app, ctx)
+
+        apply_only = g_seconds - gate
+        print(f"objects: {n_objects} in 10 namespaces (gitsync and kubectl each)")
+        print(f"kubectl apply --server-side: {k_seconds:7.2f} s   calls: {_calls(k_verbs)}")
+        print(
+            f"gitsync first sync:          {g_seconds:7.2f} s   (health gate {gate:.2f} s, "
+            f"fetch+render+plan+apply {apply_only:.2f} s)   result={first.result} "
+            f"created={first.counts.get('create')}"
+        )
+        print(
+            f"  ratio gitsync/kubectl: {g_seconds / k_seconds:.2f} (incl. gate), "
+            f"{apply_only / k_seconds:.2f} (without the health gate kubectl does not have)"
+        )
+        print(f"  calls: {_calls(first_calls)}")
+        print(
+            f"gitsync no-op resync:        {noop_seconds:7.2f} s   writes="
+            f"{sum(noop_calls[v] for v in WRITES)}   result={noop.result}   "
+            f"calls: {_calls(noop_calls)}"
+        )
+        print(
+            f"gitsync one changed object:  {one_seconds:7.2f} s   (gate {one_gate:.2f} s)   "
+            f"updated={one.counts.get('update')}   calls: {_calls(one_calls)}"
+        )
+        print(
+            f"peak RSS of the gitsync process: {rss_first:.0f} MiB after first sync, "
+            f"{_rss_mib():.0f} MiB at end"
+        )
+        names = [f"{p}-{n}" for p in (f"bk{run}", f"bg{run}") for n in range(10)]
+        subprocess.run(
+            [str(kubectl), f"--kubeconfig={kubeconfig}", "delete", "namespace"]  # noqa: RUF005
+            + ["--wait=true", "--timeout=120s", f"bench-state-{run}", *names],
+            capture_output=True,
+            check=False,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
