@@ -21,6 +21,7 @@ url=$($PY -m tests.support.repos build --from fixtures/repos/demo --out "$WORK/d
 cat "$WORK/shas"
 v1=$(awk '$1=="v1"{print $2}' "$WORK/shas")
 v2=$(awk '$1=="v2"{print $2}' "$WORK/shas")
+v3=$(awk '$1=="v3"{print $2}' "$WORK/shas")
 args=(--repo "$url" --path app --namespace demo --app demo --cache-dir "$WORK/git-cache" --log-format console)
 
 step "gitsync diff (v1, nothing deployed yet)"
@@ -39,6 +40,14 @@ $GITSYNC diff "${args[@]}" --ref "$v2" || true
 step "gitsync sync --once (v2)"
 $GITSYNC sync --once "${args[@]}" --ref "$v2"
 $GITSYNC status "${args[@]}" --ref "$v2"
+
+step "gitsync sync --once (v3: a release whose Pods crash-loop) -> automatic rollback to v2"
+$GITSYNC sync --once "${args[@]}" --ref "$v3" || true
+"$kubectl" get deploy web -n demo -o wide
+
+step "v3 is quarantined: the next poll does not retry it"
+$GITSYNC sync --once "${args[@]}" --ref "$v3" || true
+$GITSYNC status "${args[@]}" --ref "$v3"
 
 step "The cluster keeps running. Try:"
 echo "  export KUBECONFIG=$KUBECONFIG"
