@@ -16,7 +16,7 @@ import pytest
 from gitsync.server import sign
 from tests.support.cluster_fixtures import Kubectl, wait_until
 from tests.support.controller_process import ControllerProcess, lease_config
-from tests.support.git_fixtures import GitHttpServer
+from tests.support.git_fixtures import GitHttpServer, SshServer
 from tests.support.repos import BareRepo
 
 pytestmark = [pytest.mark.cluster, pytest.mark.git]
@@ -366,6 +366,68 @@ def test_credentials_from_a_secret_work_for_smart_http_and_never_reach_the_logs(
     assert git_http.token not in text
     encoded = base64.b64encode(git_http.password.encode()).decode()
     assert encoded not in text
+
+
+def test_ssh_identity_and_known_hosts_from_a_secret(
+    *,
+    controllers: Callable[..., ControllerProcess],
+    make_repo: Callable[..., BareRepo],
+    git_sshd: SshServer,
+    namespace: str,
+    state_ns: str,
+    kubectl: Kubectl,
+) -> None:
+    """auth.secretRef with identity + known_hosts fetches over ssh; the key stays private."""
+    repo = make_repo("over-ssh")
+    repo.commit({"cm.yaml": configmap("over-ssh", v="1")})
+    kubectl(
+        "create", "secret", "generic", "git-ssh", "-n", state_ns,
+        f"--from-file=identity={git_sshd.client_key}",
+        f"--from-file=known_hosts={git_sshd.known_hosts}",
+    )  # fmt: skip
+    proc = controllers(
+        {
+            "stateNamespace": state_ns,
+            "apps": [
+                app_config("over-ssh", git_sshd.url(repo), namespace, auth={"secretRef": "git-ssh"})
+            ],
+            "controller": {"leaderElection": lease_config()},
+        }
+    )
+    wait_until(lambda: cm_data(kubectl, namespace, "over-ssh"), timeout=30, what="ssh sync")
+    assert proc.terminate() == 0
+    key = git_sshd.client_key.read_text().strip().splitlines()[1]
+    assert key not in proc.log_path.read_text()
+
+
+def test_a_stuck_sync_makes_readyz_fail(
+    controllers: Callable[..., ControllerProcess],
+    namespace: str,
+    state_ns: str,
+    blackhole: str,
+) -> None:
+    """A sync running past stuckAfter turns /readyz to 503 naming the app; /healthz stays 200."""
+    proc = controllers(
+        {
+            "stateNamespace": state_ns,
+            "apps": [app_config("hung", blackhole, namespace)],
+            "controller": {
+                "leaderElection": lease_config(),
+                "stuckAfter": "1s",
+                "shutdownTimeout": "1s",
+            },
+        }
+    )
+    proc.wait_event("sync.started", app="hung")
+
+    def not_ready() -> dict[str, Any] | None:
+        status, body = proc.get("/readyz")
+        return json.loads(body) if status == 503 else None
+
+    detail = wait_until(not_ready, timeout=10, what="/readyz 503")
+    assert "hung" in detail["problems"][0]
+    assert proc.get("/healthz")[0] == 200
+    assert proc.terminate() == 0
 
 
 @pytest.mark.parametrize(
