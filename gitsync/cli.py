@@ -280,7 +280,18 @@ def _status(args: argparse.Namespace) -> int:
             last = st.history[-1]
             reason = f" ({last.reason})" if last.reason else ""
             print(f"last sync:        {last.result} {last.sha[:12]} at {last.time}{reason}")
+        _print_drift(ctx, app)
     return EXIT_OK
+
+
+def _print_drift(ctx: Any, app: Any) -> None:
+    """Current drift from one LIST per managed kind (the controller reports it live)."""
+    from gitsync.drift import scan
+
+    drift = scan(ctx.kube, app, state_namespace=ctx.state_namespace)
+    print(f"drift:            {len(drift)} field(s) on {len(drift.objects)} object(s)")
+    for report in drift:
+        print(f"  {report.ref}: {report.summary()}")
 
 
 def _run(args: argparse.Namespace) -> int:
