@@ -9,7 +9,6 @@ from typing import Any
 
 import pytest
 
-from gitsync.cli import main
 from gitsync.config import parse
 from gitsync.credentials import CredentialStore
 from gitsync.errors import ConfigError, SourceError
@@ -55,15 +54,6 @@ def test_bad_controller_config_names_the_key(controller: dict[str, Any], expecte
     with pytest.raises(ConfigError, match=r"gitsync\.yaml") as e:
         parse({"apps": [APP], "controller": controller}, source="gitsync.yaml")
     assert expected in str(e.value)
-
-
-def test_run_with_a_bad_config_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """`gitsync run` reports the key path and exits 2 before connecting anywhere."""
-    path = tmp_path / "gitsync.yaml"
-    path.write_text("apps:\n  - name: shop\n    repo: file:///x\n    intervall: 5s\n")
-    assert main(["run", "--config", str(path)]) == 2
-    err = capsys.readouterr().err
-    assert "apps[0].intervall: unknown key" in err
 
 
 class FakeKube:
