@@ -69,7 +69,6 @@ class _AppRunner:
     pending: bool = False
     failures: int = 0
     last_result: str = ""
-    last_finished: float = 0.0
     last_event: tuple[str, str] = ("", "")
     drift: DriftWatcher | None = None
 
@@ -259,7 +258,7 @@ class Controller:
         if busy:
             # A writer is alive: do not hand the Lease over; it expires after we are gone.
             self.log.error("shutdown.abandoned", apps=busy, reason="sync did not finish in time")
-            os._exit(0)
+            self._exit_now(0)
         self._stop_drift_watchers()
         self.scheduler.shutdown(wait=False)
         if self._elector_thread is not None:
@@ -301,7 +300,13 @@ class Controller:
         self._leading.clear()
         metrics.IS_LEADER.set(0)
         self.log.error("controller.exit", reason="leader Lease lost; stopping all writes")
-        os._exit(1)
+        self._exit_now(1)
+
+    def _exit_now(self, code: int) -> None:
+        """End the process without waiting for sync threads; key files go first (the
+        emptyDir under /tmp outlives a container restart)."""
+        shutil.rmtree(self.credentials.directory, ignore_errors=True)
+        os._exit(code)
 
     @property
     def is_leader(self) -> bool:
@@ -327,7 +332,6 @@ class Controller:
         finally:
             with runner.lock:
                 runner.running_since = None
-                runner.last_finished = time.monotonic()
 
     def _sync_once(self, runner: _AppRunner) -> None:
         app = runner.app

@@ -286,6 +286,36 @@ def test_two_controllers_elect_one_leader_and_standby_takes_over_after_kill(
     assert lease(kubectl, state_ns).get("holderIdentity", "") == ""
 
 
+def test_a_leader_that_loses_its_lease_exits_at_once(
+    controllers: Callable[..., ControllerProcess],
+    make_repo: Callable[..., BareRepo],
+    namespace: str,
+    state_ns: str,
+    kubectl: Kubectl,
+) -> None:
+    """Someone else holding the Lease: the old leader cannot renew and exits 1 within
+    renewDeadline, before that someone may act (it waits leaseDuration)."""
+    repo = make_repo("fenced")
+    repo.commit({"cm.yaml": configmap("fenced", v="1")})
+    proc = controllers(
+        {
+            "stateNamespace": state_ns,
+            "apps": [app_config("fenced", repo.file_url, namespace)],
+            "controller": {"leaderElection": lease_config()},
+        }
+    )
+    proc.wait_event("sync.done", app="fenced")
+    patch = {"spec": {"holderIdentity": "intruder", "renewTime": None}}
+    kubectl("patch", "lease", LEASE, "-n", state_ns, "--type=merge", "-p", json.dumps(patch))
+    taken = time.monotonic()
+    assert proc.proc.wait(timeout=10) == 1
+    took = time.monotonic() - taken
+    print(f"exit after losing the Lease: {took:.2f}s")
+    assert took < 4.0, "must stop before a new holder's leaseDuration (4 s) runs out"
+    proc.wait_event("leader.lost")
+    proc.wait_event("controller.exit")
+
+
 def test_released_lease_is_taken_by_the_standby_at_once(
     controllers: Callable[..., ControllerProcess],
     make_repo: Callable[..., BareRepo],
