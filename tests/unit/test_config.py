@@ -47,7 +47,7 @@ def test_durations():
     assert parse_duration("1h30m") == 5400
     assert parse_duration(15) == 15
     for bad in ("0s", "-1", "5x", True):
-        with pytest.raises(ValueError, match="duration|zero"):
+        with pytest.raises(ValueError, match=r"duration|zero"):
             parse_duration(bad)
 
 

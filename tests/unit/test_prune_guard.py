@@ -15,10 +15,18 @@ def test_mass_delete_guard():
     assert "more than half" in guard_reason(
         desired=1, inventory=4, candidates=3, allow_empty=False, allow_mass=False
     )
-    assert guard_reason(desired=2, inventory=4, candidates=2, allow_empty=False, allow_mass=False) == ""
-    assert guard_reason(desired=1, inventory=4, candidates=3, allow_empty=False, allow_mass=True) == ""
+    assert (
+        guard_reason(desired=2, inventory=4, candidates=2, allow_empty=False, allow_mass=False)
+        == ""
+    )
+    assert (
+        guard_reason(desired=1, inventory=4, candidates=3, allow_empty=False, allow_mass=True) == ""
+    )
 
 
 def test_nothing_to_prune_is_never_guarded():
     """No candidates, no guard."""
-    assert guard_reason(desired=0, inventory=0, candidates=0, allow_empty=False, allow_mass=False) == ""
+    assert (
+        guard_reason(desired=0, inventory=0, candidates=0, allow_empty=False, allow_mass=False)
+        == ""
+    )
