@@ -17,7 +17,6 @@ writer lives.
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 import random
@@ -29,7 +28,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -38,6 +37,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from gitsync import events, inventory, log, metrics
 from gitsync.config import AppConfig, GitSyncConfig
 from gitsync.credentials import CredentialStore, read_secret
+from gitsync.drift import DriftWatcher
 from gitsync.errors import ConfigError, GitSyncError
 from gitsync.kube import Kube
 from gitsync.leader import LeaderElector, LeaseSpec, default_identity
@@ -47,16 +47,6 @@ from gitsync.sync import Context, SyncResult, sync_app
 
 FAILED_RESULTS = frozenset({"failed"})
 STUCK_AFTER_DEFAULT = 1800.0  # a gate plus a rollback gate at the default deadline, twice
-
-
-class DriftWatcher(Protocol):
-    """What the controller needs of ``gitsync.drift.DriftWatcher``."""
-
-    def start(self) -> None: ...
-
-    def stop(self) -> None: ...
-
-    def current(self) -> Any: ...
 
 
 @dataclass(slots=True, kw_only=True)
@@ -420,26 +410,15 @@ class Controller:
         """A watcher that cannot start is logged; syncing goes on without it."""
         for runner in self.runners.values():
             try:
-                runner.drift = self._drift_watcher(runner.app)
-                if runner.drift is not None:
-                    runner.drift.start()
+                # With selfHeal a watcher writes: one more reason it runs on the leader only.
+                # It keeps gitsync_drift_objects{app} itself.
+                runner.drift = DriftWatcher(
+                    self.kube, runner.app, self.cfg.state_namespace, log.get(app=runner.app.name)
+                )
+                runner.drift.start()
             except Exception as e:  # noqa: BLE001 - drift reports are optional, syncs are not
                 log.get(app=runner.app.name).exception("drift.failed", error=str(e))
                 runner.drift = None
-
-    def _drift_watcher(self, app: AppConfig) -> DriftWatcher | None:
-        # DRIFT CALL SITE: the only place the controller builds a drift watcher. Imported
-        # by name so the controller runs (without drift reports) where drift is absent.
-        # The watcher keeps gitsync_drift_objects{app} itself.
-        try:
-            factory = importlib.import_module("gitsync.drift").DriftWatcher
-        except (ImportError, AttributeError):
-            self.log.warning("drift.unavailable", app=app.name, reason="gitsync.drift missing")
-            return None
-        watcher: DriftWatcher = factory(
-            self.kube, app, self.cfg.state_namespace, log.get(app=app.name)
-        )
-        return watcher
 
     def _stop_drift_watchers(self) -> None:
         """Stop all at once (each may wait for its streams), before the Lease is released."""

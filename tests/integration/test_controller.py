@@ -316,6 +316,40 @@ def test_a_leader_that_loses_its_lease_exits_at_once(
     proc.wait_event("controller.exit")
 
 
+def test_leader_reports_drift_with_its_author_and_heals_it(
+    controllers: Callable[..., ControllerProcess],
+    make_repo: Callable[..., BareRepo],
+    namespace: str,
+    state_ns: str,
+    kubectl: Kubectl,
+) -> None:
+    """The controller runs the app's drift watcher: a kubectl patch is reported and undone."""
+    repo = make_repo("drifty")
+    repo.commit({"cm.yaml": configmap("drifty", v="1")})
+    proc = controllers(
+        {
+            "stateNamespace": state_ns,
+            "apps": [app_config("drifty", repo.file_url, namespace, interval="1h", selfHeal=True)],
+            "controller": {"leaderElection": lease_config()},
+        }
+    )
+    proc.wait_event("sync.done", app="drifty", result="synced")
+    proc.wait_event("drift.intents", app="drifty")
+    kubectl("patch", "configmap", "drifty", "-n", namespace, "-p", '{"data":{"v":"9"}}')
+    detected = proc.wait_event("drift.detected", app="drifty")
+    assert detected["object"] == f"ConfigMap {namespace}/drifty"
+    assert detected["field"] == "data.v"
+    assert (detected["desired"], detected["live"]) == ("1", "9")
+    assert detected["manager"] == "kubectl-patch"
+    proc.wait_event("drift.healed", app="drifty")
+    wait_until(
+        lambda: (cm_data(kubectl, namespace, "drifty") or {}).get("v") == "1",
+        timeout=15,
+        what="self-heal restores data.v",
+    )
+    assert proc.terminate() == 0
+
+
 def test_released_lease_is_taken_by_the_standby_at_once(
     controllers: Callable[..., ControllerProcess],
     make_repo: Callable[..., BareRepo],
