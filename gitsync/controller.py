@@ -36,12 +36,11 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from gitsync import events, inventory, log, metrics
 from gitsync.config import AppConfig, GitSyncConfig
-from gitsync.credentials import CredentialStore, read_secret
+from gitsync.credentials import CredentialStore, read_secret, secret_ref
 from gitsync.drift import DriftWatcher
 from gitsync.errors import ConfigError, GitSyncError
 from gitsync.kube import Kube
 from gitsync.leader import LeaderElector, LeaseSpec, default_identity
-from gitsync.model import ObjectRef
 from gitsync.server import Server, WebhookSettings
 from gitsync.sync import Context, SyncResult, sync_app
 
@@ -395,13 +394,7 @@ class Controller:
             if not emit:
                 return
             runner.last_event = key
-        ref = ObjectRef(
-            group="",
-            version="v1",
-            kind="Secret",
-            namespace=self.cfg.state_namespace,
-            name=inventory.secret_name(runner.app.name),
-        )
+        ref = secret_ref(self.cfg.state_namespace, inventory.secret_name(runner.app.name))
         events.emit(self.kube, involved=ref, reason=reason, message=message, warning=warning)
 
     # --- drift watchers ------------------------------------------------------------------
