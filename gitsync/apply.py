@@ -20,8 +20,6 @@ from gitsync.kube import Kube
 from gitsync.model import RECREATE_ANNOTATION, KubeObject, ObjectRef
 from gitsync.plan import Action, Change, Plan
 
-Identity = tuple[str, str, str, str]
-
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Failure:

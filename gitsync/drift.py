@@ -50,11 +50,10 @@ from gitsync.errors import KubeError, NotFoundError
 from gitsync.fields import content_hash
 from gitsync.inventory import AppState
 from gitsync.kube import Kube, WatchCancel
-from gitsync.model import APP_LABEL, KubeObject, ObjectRef
+from gitsync.model import APP_LABEL, Identity, KubeObject, ObjectRef
 
 STATE_LABEL: Final = "gitsync.io/state-of"
 
-Identity: TypeAlias = tuple[str, str, str, str]
 KindKey: TypeAlias = tuple[str, str]
 _STATE: Final[KindKey] = ("", "(state)")
 

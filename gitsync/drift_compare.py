@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, TypeAlias
 
 from gitsync.config import IgnoreRule
-from gitsync.model import DRIFT_ANNOTATION, FIELD_MANAGER, KubeObject, ObjectRef
+from gitsync.model import DRIFT_ANNOTATION, FIELD_MANAGER, Identity, KubeObject, ObjectRef
 
 MASK: Final = "***"
 ABSENT_TEXT: Final = "(absent)"
@@ -64,8 +64,6 @@ SCALABLE: Final = frozenset(
         ("", "ReplicationController"),
     }
 )
-
-Identity: TypeAlias = tuple[str, str, str, str]
 
 
 class _Absent:

@@ -18,7 +18,7 @@ from gitsync import health
 from gitsync.errors import KubeError
 from gitsync.health import Health, Status
 from gitsync.kube import Kube, Resource
-from gitsync.model import FIELD_MANAGER, KubeObject, ObjectRef
+from gitsync.model import FIELD_MANAGER, Identity, KubeObject, ObjectRef
 
 DEFAULT_PROGRESS_DEADLINE = 600
 MARGIN_SECONDS = 30.0
@@ -119,7 +119,6 @@ class _Watch(threading.Thread):
 
 
 Progress = Callable[[int, int, int], None]
-Identity = tuple[str, str, str, str]
 
 
 class _Gate:

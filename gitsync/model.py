@@ -11,6 +11,8 @@ from datetime import datetime
 from typing import Any, TypeAlias
 
 KubeObject: TypeAlias = dict[str, Any]
+# (group, kind, namespace, name): an object's version-free identity.
+Identity: TypeAlias = tuple[str, str, str, str]
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "gitsync"
@@ -53,7 +55,7 @@ class ObjectRef:
     def group_kind(self) -> str:
         return f"{self.kind}.{self.group}" if self.group else self.kind
 
-    def identity(self) -> tuple[str, str, str, str]:
+    def identity(self) -> Identity:
         """Version-free key: the same object served under two versions is one object."""
         return (self.group, self.kind, self.namespace, self.name)
 

@@ -20,7 +20,7 @@ from gitsync.errors import ApplyError, KubeError
 from gitsync.fields import content_hash, fingerprint
 from gitsync.inventory import AppState, InventoryEntry
 from gitsync.kube import Kube, Resource
-from gitsync.model import APP_LABEL, KubeObject, Manifest, ManifestSet, ObjectRef
+from gitsync.model import APP_LABEL, Identity, KubeObject, Manifest, ManifestSet, ObjectRef
 
 MASK = "***"
 _VOLATILE_META = (
@@ -33,8 +33,6 @@ _VOLATILE_META = (
     "deletionTimestamp",
     "deletionGracePeriodSeconds",
 )
-
-Identity = tuple[str, str, str, str]
 
 
 class Action(enum.StrEnum):

@@ -17,11 +17,10 @@ from gitsync.apply import AppliedSet, apply_plan
 from gitsync.gate import Verdict, wait_healthy
 from gitsync.inventory import AppState, InventoryEntry
 from gitsync.kube import Kube
-from gitsync.model import KubeObject, Manifest, ManifestSet, ObjectRef
+from gitsync.model import Identity, KubeObject, Manifest, ManifestSet, ObjectRef
 from gitsync.plan import Action, make_plan
 from gitsync.prune import prune
 
-Identity = tuple[str, str, str, str]
 _POD = ObjectRef(group="", version="v1", kind="Pod", namespace="", name="")
 
 

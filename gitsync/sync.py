@@ -20,14 +20,12 @@ from gitsync.errors import ApplyError, GitSyncError
 from gitsync.gate import Verdict, default_timeout, wait_healthy
 from gitsync.inventory import AppState, InventoryEntry
 from gitsync.kube import Kube
-from gitsync.model import ManifestSet, Revision
+from gitsync.model import Identity, ManifestSet, Revision
 from gitsync.plan import Action, Plan, make_plan
 from gitsync.prune import PruneResult, prune
 from gitsync.render import render
 from gitsync.rollback import quarantine, roll_back
 from gitsync.source import GitAuth, SourceSpec, fetch
-
-Identity = tuple[str, str, str, str]
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
