@@ -17,6 +17,7 @@ writer lives.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -333,7 +334,10 @@ class Controller:
                 ctx = replace(
                     ctx, auth=self.credentials.load(app=app.name, secret=app.auth.secret_ref)
                 )
-            result = sync_app(app, ctx)
+            # The drift watcher holds its reports while our own writes land.
+            hold = runner.drift.syncing() if runner.drift else contextlib.nullcontext()
+            with hold:
+                result = sync_app(app, ctx)
         except GitSyncError as e:
             log.get(app=app.name).error("sync.failed", stage="credentials", error=str(e))
             result = SyncResult(app=app.name, revision="", result="failed", error=str(e))
