@@ -11,13 +11,14 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from gitsync import order
 from gitsync.errors import InvalidError, KubeError
-from gitsync.fields import content_hash, fingerprint
+from gitsync.fields import content_hash, fingerprint, upgraded_managed_fields
 from gitsync.inventory import InventoryEntry
 from gitsync.kube import Kube
-from gitsync.model import RECREATE_ANNOTATION, KubeObject, ObjectRef
+from gitsync.model import FIELD_MANAGER, RECREATE_ANNOTATION, KubeObject, ObjectRef
 from gitsync.plan import Action, Change, Plan
 
 
@@ -118,6 +119,8 @@ def _apply_one(kube: Kube, change: Change) -> KubeObject | Failure:
     assert change.manifest is not None  # noqa: S101
     obj = change.manifest.obj
     try:
+        if change.live is not None:
+            _adopt_client_side_fields(kube, change.ref, change.live)
         return kube.apply(obj)
     except InvalidError as e:
         annotations = obj.get("metadata", {}).get("annotations") or {}
@@ -132,6 +135,19 @@ def _apply_one(kube: Kube, change: Change) -> KubeObject | Failure:
         return Failure(ref=change.ref, source=change.source, message=_api_message(e) + hint)
     except KubeError as e:
         return Failure(ref=change.ref, source=change.source, message=_api_message(e))
+
+
+def _adopt_client_side_fields(kube: Kube, ref: ObjectRef, live: KubeObject) -> None:
+    """Take over what a client-side `kubectl apply` owns, so later removals in Git apply."""
+    upgraded = upgraded_managed_fields(live)
+    if upgraded is None:
+        return
+    rv = str(live["metadata"].get("resourceVersion", ""))
+    ops: list[dict[str, Any]] = [
+        {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
+        {"op": "replace", "path": "/metadata/managedFields", "value": upgraded},
+    ]
+    kube.json_patch(ref, ops, manager=FIELD_MANAGER)
 
 
 def _api_message(e: KubeError) -> str:

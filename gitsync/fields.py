@@ -75,3 +75,57 @@ def content_hash(obj: Any) -> str:
     """Stable hash of a desired manifest."""
     blob = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
     return hashlib.sha256(blob).hexdigest()
+
+
+# Managers whose ownership gitsync takes over when it adopts an object: client-side
+# `kubectl apply`, and objects created before managedFields existed.
+CLIENT_SIDE_MANAGERS = frozenset({"kubectl-client-side-apply", "before-first-apply"})
+
+
+def merge_fields(a: FieldsV1, b: FieldsV1) -> FieldsV1:
+    """Union of two fieldsV1 sets."""
+    out = dict(a)
+    for key, sub in b.items():
+        out[key] = merge_fields(out[key], sub) if key in out and sub else out.get(key, sub)
+    return out
+
+
+def upgraded_managed_fields(obj: KubeObject, manager: str = FIELD_MANAGER) -> list[Any] | None:
+    """managedFields with client-side-apply ownership moved to ``manager``'s Apply entry.
+
+    Without this, fields an earlier `kubectl apply` (client-side) set stay owned by
+    ``kubectl-client-side-apply`` and a later server-side apply that drops them from Git
+    never removes them: the equivalent of client-go's csaupgrade. None: nothing to do.
+    """
+    entries = (obj.get("metadata") or {}).get("managedFields") or []
+    csa = [
+        e
+        for e in entries
+        if e.get("manager") in CLIENT_SIDE_MANAGERS
+        and e.get("operation") == "Update"
+        and not e.get("subresource")
+    ]
+    if not csa:
+        return None
+    mine = managed_entry(obj, manager) or {}
+    for entry in csa:
+        mine = merge_fields(mine, entry.get("fieldsV1") or {})
+    kept = [e for e in entries if e not in csa and not _is_apply_of(e, manager)]
+    template = csa[0]
+    upgraded = {
+        "manager": manager,
+        "operation": "Apply",
+        "apiVersion": template.get("apiVersion"),
+        "time": template.get("time"),
+        "fieldsType": "FieldsV1",
+        "fieldsV1": mine,
+    }
+    return [*kept, upgraded]
+
+
+def _is_apply_of(entry: dict[str, Any], manager: str) -> bool:
+    return (
+        entry.get("manager") == manager
+        and entry.get("operation") == "Apply"
+        and not entry.get("subresource")
+    )

@@ -28,6 +28,7 @@ from gitsync.model import FIELD_MANAGER, KubeObject, ObjectRef
 _AGGREGATED = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
 _APPLY = "application/apply-patch+yaml"
 _MERGE = "application/merge-patch+json"
+_JSON_PATCH = "application/json-patch+json"
 # API Priority and Fairness protects the server and answers 429 with Retry-After, which we
 # honour; the client-side bucket is only a backstop against a runaway loop, so it is set
 # well above what a sync of a few thousand objects needs.
@@ -426,14 +427,21 @@ class Kube:
         return result
 
     def merge_patch(self, ref: ObjectRef, patch: dict[str, Any], *, manager: str) -> KubeObject:
+        return self._patch(ref, patch, manager=manager, content_type=_MERGE)
+
+    def json_patch(self, ref: ObjectRef, ops: list[dict[str, Any]], *, manager: str) -> KubeObject:
+        """RFC 6902 patch; a ``test`` op on resourceVersion makes it conditional."""
+        return self._patch(ref, ops, manager=manager, content_type=_JSON_PATCH)
+
+    def _patch(self, ref: ObjectRef, body: Any, *, manager: str, content_type: str) -> KubeObject:
         res = self.resource(ref)
         out: KubeObject = self.request(
             "PATCH",
             res.path(ref.namespace, ref.name),
             verb="patch",
             query={"fieldManager": manager},
-            body=patch,
-            content_type=_MERGE,
+            body=body,
+            content_type=content_type,
             what=f"patch {ref}",
         )
         return out

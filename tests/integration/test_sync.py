@@ -369,3 +369,51 @@ def test_secret_values_never_in_plan(app: App, kube: Kube) -> None:
     assert "hunter2" not in text
     (change,) = [c for c in prep.plan.changes if c.action.value == "update"]
     assert [d.path for d in change.diff] == ["data.password"]
+
+
+def test_adopting_a_client_side_applied_object_takes_over_its_fields(
+    app: App, kube: Kube, kubectl: Callable, tmp_path: Path
+) -> None:
+    """An object first made by client-side `kubectl apply` loses keys Git does not have."""
+    kubectl("create", "namespace", app.ns)
+    legacy = tmp_path / "legacy.yaml"
+    legacy.write_text(
+        f"""apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: legacy
+  namespace: {app.ns}
+data:
+  keep: "1"
+  drop: "2"
+"""
+    )
+    kubectl("apply", "-f", str(legacy))
+    before = kube.get(_ref("ConfigMap", "legacy", app.ns))
+    assert before is not None
+    managers = {m["manager"] for m in before["metadata"]["managedFields"]}
+    assert "kubectl-client-side-apply" in managers
+    app.commit(
+        {
+            "cm.yaml": """\
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: legacy
+  namespace: {ns}
+data:
+  keep: "1"
+"""
+        }
+    )
+    result = app.sync()
+    assert result.result == "synced", result.error
+    live = kube.get(_ref("ConfigMap", "legacy", app.ns))
+    assert live is not None
+    assert live["data"] == {"keep": "1"}
+    managers = {m["manager"] for m in live["metadata"]["managedFields"]}
+    assert "kubectl-client-side-apply" not in managers
+    assert "kubectl.kubernetes.io/last-applied-configuration" not in live["metadata"].get(
+        "annotations", {}
+    )
+    assert live["metadata"]["labels"]["gitsync.io/app"] == app.name

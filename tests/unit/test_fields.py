@@ -1,6 +1,12 @@
 """Owned-field projection and fingerprints from managedFields."""
 
-from gitsync.fields import content_hash, fingerprint, managed_entry, project
+from gitsync.fields import (
+    content_hash,
+    fingerprint,
+    managed_entry,
+    project,
+    upgraded_managed_fields,
+)
 
 
 def _deploy(image: str = "web:1", replicas: int = 2, owner_fields: dict | None = None) -> dict:
@@ -73,3 +79,30 @@ def test_content_hash_is_order_independent():
     """The manifest hash does not depend on key order."""
     assert content_hash({"a": 1, "b": [1, 2]}) == content_hash({"b": [1, 2], "a": 1})
     assert content_hash({"a": 1}) != content_hash({"a": 2})
+
+
+def test_client_side_apply_ownership_moves_to_gitsync():
+    """csaupgrade equivalent: kubectl-client-side-apply's fields join gitsync's Apply entry."""
+    obj = {
+        "metadata": {
+            "managedFields": [
+                {
+                    "manager": "kubectl-client-side-apply",
+                    "operation": "Update",
+                    "fieldsV1": {"f:data": {"f:drop": {}, "f:keep": {}}},
+                },
+                {
+                    "manager": "gitsync",
+                    "operation": "Apply",
+                    "fieldsV1": {"f:data": {"f:keep": {}}},
+                },
+                {"manager": "kubectl-edit", "operation": "Update", "fieldsV1": {"f:data": {}}},
+            ]
+        }
+    }
+    upgraded = upgraded_managed_fields(obj)
+    assert upgraded is not None
+    assert [e["manager"] for e in upgraded] == ["kubectl-edit", "gitsync"]
+    assert upgraded[-1]["operation"] == "Apply"
+    assert upgraded[-1]["fieldsV1"] == {"f:data": {"f:drop": {}, "f:keep": {}}}
+    assert upgraded_managed_fields({"metadata": {"managedFields": upgraded}}) is None
