@@ -49,8 +49,21 @@ step "v3 is quarantined: the next poll does not retry it"
 $GITSYNC sync --once "${args[@]}" --ref "$v3" || true
 $GITSYNC status "${args[@]}" --ref "$v3"
 
+step "Manual changes: kubectl scale, kubectl set image, kubectl patch on a Secret"
+"$kubectl" scale deploy/web -n demo --replicas=5
+"$kubectl" set image deploy/web -n demo web=registry.invalid/web:hotfix
+"$kubectl" patch secret/web-credentials -n demo -p '{"stringData":{"password":"changed-by-hand"}}'
+
+step "gitsync status: each drifted field, Git value -> live value, who changed it and when"
+$GITSYNC status "${args[@]}" --ref "$v2"
+
+step "gitsync diff shows the same drift as what a sync would put back; sync repairs it"
+$GITSYNC diff "${args[@]}" --ref "$v2" || true
+$GITSYNC sync --once "${args[@]}" --ref "$v2"
+
 step "The cluster keeps running. Try:"
 echo "  export KUBECONFIG=$KUBECONFIG"
 echo "  $kubectl get deploy -n demo"
 echo "  .venv/bin/gitsync diff ${args[*]} --ref main"
+echo "  .venv/bin/gitsync run --config <file>   # the controller: watches drift as it happens (docs/deploy.md)"
 echo "  make demo-down     # stop it"

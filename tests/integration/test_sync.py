@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -417,3 +418,20 @@ data:
         "annotations", {}
     )
     assert live["metadata"]["labels"]["gitsync.io/app"] == app.name
+
+
+def test_secret_value_changed_by_hand_is_restored(app: App, kube: Kube, kubectl: Callable) -> None:
+    """A kubectl patch of a Secret's value (written from stringData in Git) is seen and undone."""
+    app.commit(FULL_APP)
+    assert app.sync().result == "synced"
+    kubectl("patch", "secret/web-secret", "-n", app.ns, "-p", '{"stringData":{"password":"x"}}')
+    prep = prepare(app.config(), app.ctx)
+    (change,) = [c for c in prep.plan.changes if c.action.value == "update"]
+    assert str(change.ref) == f"Secret {app.ns}/web-secret"
+    assert [(d.path, d.live, d.desired) for d in change.diff] == [
+        ("data.password", "***", "*** (changed)")
+    ]
+    assert app.sync().counts["update"] == 1
+    live = kube.get(_ref("Secret", "web-secret", app.ns))
+    assert live is not None
+    assert base64.b64decode(live["data"]["password"]).decode() == f"hunter2-{app.ns}"
