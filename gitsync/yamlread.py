@@ -1,0 +1,443 @@
+"""Untrusted YAML and JSON text → plain Python values, each with the line it came from.
+
+``yaml.safe_load`` is not safe enough for text from a repository: libyaml's composer
+recurses in C and crashes the whole process on deeply nested input, aliases can expand
+a small file into billions of nodes (billion laughs), duplicate keys silently keep the
+last value, and the nodes' lines are gone by the time there is a dict to complain about.
+So documents are composed here from libyaml's *event* stream, iteratively:
+
+- every node keeps its line (``line_at`` finds the line of any path in a document);
+- aliases and the nodes they add are counted, and nesting depth capped, before anything
+  is built (``ReadLimits``);
+- a key twice in one mapping is refused, as kubectl refuses it;
+- plain scalars resolve the way kubectl (go-yaml) reads them: YAML 1.1 booleans, ints
+  and floats, but timestamps and ``12:30`` stay strings;
+- every alias use builds fresh dicts and lists, so no two places share a mutable value.
+
+Every problem is a ``ReadError`` with the line (1-based) it was found at; callers put
+their file name in front of it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+__all__ = [
+    "MAX_DEPTH",
+    "Document",
+    "Node",
+    "ReadError",
+    "ReadLimits",
+    "compose_all",
+    "construct",
+    "line_at",
+    "read_documents",
+    "read_first",
+]
+
+#: The deepest ``ReadLimits.max_depth`` allowed: ``construct`` recurses once per level,
+#: and must stay well under Python's recursion limit.
+MAX_DEPTH = 400
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReadLimits:
+    """Bounds on one document: how many aliases, how much they add, how deep it nests."""
+
+    max_aliases: int = 100  # alias nodes per YAML document
+    max_alias_nodes: int = 100_000  # nodes that alias uses add to one document
+    max_depth: int = 200  # nesting of one document
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_depth <= MAX_DEPTH:
+            msg = f"ReadLimits.max_depth must be between 1 and {MAX_DEPTH}, not {self.max_depth}"
+            raise ValueError(msg)
+
+
+class ReadError(Exception):
+    """A problem at a line of the text being read."""
+
+    def __init__(self, line: int, message: str) -> None:
+        self.line = line
+        self.message = message
+        super().__init__(message)
+
+
+_SCALAR, _SEQ, _MAP = 0, 1, 2
+_TAG = "tag:yaml.org,2002:"
+
+
+@dataclass(slots=True)
+class Node:
+    """A composed YAML node; aliases are the same ``Node`` reached twice."""
+
+    kind: int
+    line: int
+    value: Any  # a Python scalar | list[Node] | list[tuple[Node, Node]]
+    merge: bool = False  # a plain ``<<`` key
+    size: int = 1  # nodes after expanding aliases
+    height: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Document:
+    """One object of a file, and where it starts."""
+
+    value: Any
+    line: int
+    node: Node | None = None  # YAML only: the composed node, for ``line_at``
+
+
+def read_documents(text: str, limits: ReadLimits, *, json_file: bool = False) -> list[Document]:
+    """The objects of one file as kubectl reads them: a ``List`` is flattened into its
+    items and empty documents are dropped. A JSON file holds one document."""
+    if json_file:
+        return _json_docs(text, limits)
+    docs: list[Document] = []
+    for root in compose_all(text, limits):
+        obj = construct(root)
+        if obj is None:
+            continue
+        if isinstance(obj, dict) and obj.get("kind") == "List" and "items" in obj:
+            items = obj["items"]
+            if not isinstance(items, list):
+                raise ReadError(root.line, "a List's items must be a sequence of objects.")
+            item_nodes = _child(root, "items")
+            for i, item in enumerate(items):
+                node = _child(item_nodes, i) if item_nodes else None
+                line = node.line if node else root.line
+                docs.append(Document(value=item, line=line, node=node))
+        else:
+            docs.append(Document(value=obj, line=root.line, node=root))
+    return docs
+
+
+def read_first(text: str, limits: ReadLimits) -> tuple[Any, Node | None]:
+    """The first document's value and root node, (None, None) when there is none.
+
+    Every document is composed, so a problem in a later one is still an error.
+    """
+    roots = list(compose_all(text, limits))
+    return (construct(roots[0]), roots[0]) if roots else (None, None)
+
+
+def _json_docs(text: str, limits: ReadLimits) -> list[Document]:
+    stripped = text.lstrip()
+    if not stripped:
+        return []
+    line = text.count("\n", 0, len(text) - len(stripped)) + 1
+    try:
+        obj = json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_no_constant)
+    except json.JSONDecodeError as e:
+        raise ReadError(e.lineno, f"JSON syntax error: {e.msg} (column {e.colno}).") from e
+    except ReadError as e:
+        raise ReadError(line, e.message) from e
+    except RecursionError as e:
+        raise ReadError(line, "the JSON is nested too deeply.") from e
+    if _deeper_than(obj, limits.max_depth):
+        raise ReadError(line, f"the document is nested more than {limits.max_depth} levels deep.")
+    if isinstance(obj, dict) and obj.get("kind") == "List" and "items" in obj:
+        if not isinstance(obj["items"], list):
+            raise ReadError(line, "a List's items must be a sequence of objects.")
+        return [Document(value=item, line=line) for item in obj["items"]]
+    return [Document(value=obj, line=line)]
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ReadError(0, f"the key {key!r} appears twice in one JSON object.")
+        out[key] = value
+    return out
+
+
+def _no_constant(name: str) -> Any:
+    raise ReadError(0, f"{name} is not valid JSON and cannot be sent to the API server.")
+
+
+def _deeper_than(value: Any, limit: int) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+    return False
+
+
+# --------------------------------------------------------------------------- YAML
+
+# YAML 1.1 implicit types as PyYAML resolves them, minus timestamps and sexagesimal
+# numbers, which kubectl (go-yaml) leaves as strings: "12:30" stays "12:30".
+_NULL = re.compile(r"~|null|Null|NULL|")
+_TRUE = re.compile(r"yes|Yes|YES|true|True|TRUE|on|On|ON")
+_FALSE = re.compile(r"no|No|NO|false|False|FALSE|off|Off|OFF")
+_INT = re.compile(r"[-+]?(?:0b[01_]+|0x[0-9a-fA-F_]+|0[0-7_]+|0|[1-9][0-9_]*)")
+_FLOAT = re.compile(
+    r"[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?|\.[0-9][0-9_]*(?:[eE][-+][0-9]+)?"
+    r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)"
+)
+
+
+def compose_all(text: str, limits: ReadLimits) -> Iterator[Node]:
+    """Root node of each document; raises ReadError with the line of a syntax error."""
+    loader_cls = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    events = loader_cls(text)
+    try:
+        events.get_event()  # StreamStart
+        while not events.check_event(yaml.StreamEndEvent):
+            events.get_event()  # DocumentStart
+            root = _compose(events, limits)
+            events.get_event()  # DocumentEnd
+            yield root
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        line = mark.line + 1 if mark is not None else 1
+        context = e.context or ""
+        if context and e.context_mark is not None and e.context_mark.line + 1 != line:
+            context += f" (line {e.context_mark.line + 1})"
+        what = " ".join(x for x in (context, e.problem) if x)
+        raise ReadError(line, f"YAML syntax error: {what}.") from e
+    except yaml.YAMLError as e:
+        raise ReadError(1, f"YAML error: {e}.") from e
+    finally:
+        events.dispose()
+
+
+@dataclass(slots=True)
+class _Open:
+    node: Node
+    anchor: str | None
+    key: Node | None = None  # mappings: the key waiting for its value
+    keys: dict[str, int] = field(default_factory=dict)  # mappings: key → line, for duplicates
+
+
+def _compose(events: Any, limits: ReadLimits) -> Node:
+    """One document's node graph, built iteratively with alias and depth limits."""
+    return _Composer(events=events, limits=limits).document()
+
+
+@dataclass(slots=True, kw_only=True)
+class _Composer:
+    events: Any
+    limits: ReadLimits
+    anchors: dict[str, Node] = field(default_factory=dict)
+    stack: list[_Open] = field(default_factory=list)
+    aliases: int = 0
+    alias_nodes: int = 0
+
+    def document(self) -> Node:
+        while True:
+            event = self.events.get_event()
+            line = event.start_mark.line + 1
+            if isinstance(event, yaml.AliasEvent):
+                node = self._alias(str(event.anchor), line)
+            elif isinstance(event, yaml.ScalarEvent):
+                node = _scalar(event, line)
+                if event.anchor:
+                    self.anchors[event.anchor] = node
+            elif isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
+                self._open(event, line)
+                continue
+            else:  # SequenceEnd / MappingEnd
+                node = self._close()
+            if not self.stack:
+                return node
+            self._attach(node)
+
+    def _alias(self, anchor: str, line: int) -> Node:
+        target = self.anchors.get(anchor)
+        if target is None and any(o.anchor == anchor for o in self.stack):
+            raise ReadError(line, f"the alias *{anchor} refers to a node that contains it.")
+        if target is None:
+            raise ReadError(line, f"the alias *{anchor} has no anchor defined before it.")
+        self.aliases += 1
+        self.alias_nodes += target.size
+        if self.aliases > self.limits.max_aliases:
+            raise ReadError(
+                line,
+                f"the document uses more than {self.limits.max_aliases} aliases; "
+                "refusing it as a possible alias bomb.",
+            )
+        if self.alias_nodes > self.limits.max_alias_nodes:
+            raise ReadError(
+                line,
+                f"aliases expand the document by more than {self.limits.max_alias_nodes} "
+                "nodes; refusing it as an alias bomb.",
+            )
+        if len(self.stack) + target.height > self.limits.max_depth:
+            raise ReadError(line, f"the document nests more than {self.limits.max_depth} levels.")
+        return target
+
+    def _open(self, event: Any, line: int) -> None:
+        if len(self.stack) >= self.limits.max_depth:
+            raise ReadError(line, f"the document nests more than {self.limits.max_depth} levels.")
+        is_map = isinstance(event, yaml.MappingStartEvent)
+        if event.tag not in (None, "!", _TAG + ("map" if is_map else "seq")):
+            raise ReadError(line, f"the YAML tag {event.tag} is not supported in manifests.")
+        opened = Node(kind=_MAP if is_map else _SEQ, line=line, value=[])
+        self.stack.append(_Open(node=opened, anchor=event.anchor))
+
+    def _close(self) -> Node:
+        done = self.stack.pop()
+        node = done.node
+        children = node.value if node.kind == _SEQ else [n for pair in node.value for n in pair]
+        node.size = 1 + sum(c.size for c in children)
+        node.height = 1 + max((c.height for c in children), default=0)
+        # Anchors are registered when complete, so an alias can never point into the
+        # node that contains it: no cycles.
+        if done.anchor:
+            self.anchors[done.anchor] = node
+        return node
+
+    def _attach(self, node: Node) -> None:
+        parent = self.stack[-1]
+        if parent.node.kind == _SEQ:
+            parent.node.value.append(node)
+        elif parent.key is None:
+            _check_key(node, parent)
+            parent.key = node
+        else:
+            parent.node.value.append((parent.key, node))
+            parent.key = None
+
+
+def _check_key(key: Node, parent: _Open) -> None:
+    if key.kind != _SCALAR:
+        raise ReadError(key.line, "a mapping key is a collection; keys must be plain scalars.")
+    if key.merge:
+        return
+    name = _key_text(key.value)
+    first = parent.keys.get(name)
+    if first is not None:
+        raise ReadError(
+            key.line,
+            f"the key {name!r} appears twice in one mapping (first at line {first}); "
+            "kubectl refuses this too.",
+        )
+    parent.keys[name] = key.line
+
+
+def _key_text(value: Any) -> str:
+    """Keys as kubectl (sigs.k8s.io/yaml) turns them into JSON: ``8080`` → ``"8080"``."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    return str(value)
+
+
+def _scalar(event: Any, line: int) -> Node:
+    value: str = event.value
+    tag = event.tag
+    plain = tag is None and event.implicit[0]
+    if plain and value == "<<":
+        return Node(kind=_SCALAR, line=line, value=value, merge=True)
+    if tag in (None, "!"):
+        tag = None if plain else _TAG + "str"
+    try:
+        return Node(kind=_SCALAR, line=line, value=_scalar_value(value, tag))
+    except ValueError as e:
+        raise ReadError(line, str(e)) from e
+
+
+def _scalar_value(value: str, tag: str | None) -> Any:
+    """Plain scalars (``tag`` None) are resolved; explicit tags are honoured or refused."""
+    if tag == _TAG + "str" or (tag is None and value and value[0] not in _IMPLICIT_FIRST):
+        return value
+    for name, pattern, convert in _IMPLICIT:
+        if tag in (None, _TAG + name) and pattern.fullmatch(value):
+            return convert(value)
+    if tag is None:
+        return value
+    if tag.startswith(_TAG) and tag[len(_TAG) :] in {name for name, _, _ in _IMPLICIT}:
+        raise ValueError(f"{value!r} is not a valid {tag}.")
+    raise ValueError(f"the YAML tag {tag} is not supported in manifests.")
+
+
+def _float(text: str) -> float:
+    if "inf" in text.lower() or "nan" in text.lower():
+        raise ValueError(f"{text} cannot be represented in JSON; quote it if it is text.")
+    return float(text.replace("_", ""))
+
+
+def _int(text: str) -> int:
+    digits = text.replace("_", "")
+    sign = -1 if digits.startswith("-") else 1
+    digits = digits.lstrip("+-")
+    if len(digits) > 100:
+        msg = f"the integer {text[:12]}… has {len(digits)} digits; quote it if it is text."
+        raise ValueError(msg)
+    if digits.startswith("0b"):
+        return sign * int(digits[2:], 2)
+    if digits.startswith("0x"):
+        return sign * int(digits[2:], 16)
+    if len(digits) > 1 and digits.startswith("0"):
+        return sign * int(digits, 8)  # YAML 1.1 octal, as go-yaml reads it
+    return sign * int(digits)
+
+
+# Only plain scalars starting with one of these can be anything but a string.
+_IMPLICIT_FIRST = frozenset("~nNyYtTfFoO+-.0123456789")
+_IMPLICIT: tuple[tuple[str, re.Pattern[str], Callable[[str], Any]], ...] = (
+    ("null", _NULL, lambda _: None),
+    ("bool", _TRUE, lambda _: True),
+    ("bool", _FALSE, lambda _: False),
+    ("int", _INT, _int),
+    ("float", _FLOAT, _float),
+)
+
+
+def construct(node: Node) -> Any:
+    """Python values, fresh for every alias use so no two places share a dict."""
+    if node.kind == _SCALAR:
+        return node.value
+    if node.kind == _SEQ:
+        return [construct(child) for child in node.value]
+    merged: dict[str, Any] = {}
+    own: dict[str, Any] = {}
+    for key, value in node.value:
+        if key.merge:
+            sources = value.value if value.kind == _SEQ else [value]
+            for source in sources:
+                if source.kind != _MAP:
+                    raise ReadError(
+                        value.line, "a merge key (<<) needs a mapping or a list of them."
+                    )
+                for k, v in construct(source).items():
+                    merged.setdefault(k, v)  # earlier sources win, as in YAML 1.1
+            continue
+        own[_key_text(key.value)] = construct(value)
+    return {**merged, **own} if merged else own
+
+
+def _child(node: Node | None, key: str | int) -> Node | None:
+    """The node under ``key`` (mapping key or sequence index), for line numbers."""
+    if node is None:
+        return None
+    if node.kind == _SEQ and isinstance(key, int):
+        return node.value[key] if 0 <= key < len(node.value) else None
+    if node.kind == _MAP and isinstance(key, str):
+        for k, v in node.value:
+            if not k.merge and _key_text(k.value) == key:
+                return v  # type: ignore[no-any-return]
+    return None
+
+
+def line_at(node: Node | None, *path: str | int) -> int | None:
+    """The line of the node at ``path`` (mapping keys and sequence indexes) under ``node``."""
+    for key in path:
+        node = _child(node, key)
+    return node.line if node is not None else None
