@@ -10,7 +10,6 @@ import re
 from pathlib import Path
 from typing import Annotated, Any
 
-import yaml
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -22,6 +21,7 @@ from pydantic import (
 )
 
 from gitsync.errors import ConfigError
+from gitsync.yamlread import ReadError, ReadLimits, read_first
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$")
@@ -239,11 +239,9 @@ def load(path: str | Path) -> GitSyncConfig:
         msg = f"{p}: cannot read config: {e}"
         raise ConfigError(msg) from e
     try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        msg = f"{p}{line}: config is not valid YAML: {getattr(e, 'problem', e)}"
+        raw, _ = read_first(text, ReadLimits(), only=True)
+    except ReadError as e:
+        msg = f"{p}:{e.line}: config is not valid YAML: {e.message}"
         raise ConfigError(msg) from e
     if not isinstance(raw, dict):
         msg = f"{p}: config must be a mapping with an 'apps' list"

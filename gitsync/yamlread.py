@@ -118,12 +118,15 @@ def read_documents(text: str, limits: ReadLimits, *, json_file: bool = False) ->
     return docs
 
 
-def read_first(text: str, limits: ReadLimits) -> tuple[Any, Node | None]:
+def read_first(text: str, limits: ReadLimits, *, only: bool = False) -> tuple[Any, Node | None]:
     """The first document's value and root node, (None, None) when there is none.
 
-    Every document is composed, so a problem in a later one is still an error.
+    Every document is composed, so a problem in a later one is still an error; with
+    ``only``, a second document is one too.
     """
     roots = list(compose_all(text, limits))
+    if only and len(roots) > 1:
+        raise ReadError(roots[1].line, "a second YAML document starts here; expected only one.")
     return (construct(roots[0]), roots[0]) if roots else (None, None)
 
 

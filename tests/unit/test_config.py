@@ -64,3 +64,18 @@ def test_load_reports_yaml_line(tmp_path):
     f.write_text("apps:\n  - name: a\n    repo: [unclosed\n")
     with pytest.raises(ConfigError, match=r"c\.yaml:\d+: config is not valid YAML"):
         load(f)
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("apps: []\nselfHeal: true\nselfHeal: false\n", r"c\.yaml:3: .*'selfHeal' appears twice"),
+        ("apps: []\n---\napps: []\n", r"c\.yaml:3: .*a second YAML document"),
+    ],
+)
+def test_load_refuses_duplicate_keys_and_documents(tmp_path, text, expected):
+    """A key given twice, or a second document, is an error with its line, not last-wins."""
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    with pytest.raises(ConfigError, match=expected):
+        load(f)
