@@ -68,7 +68,7 @@ def fingerprint(obj: KubeObject, manager: str = FIELD_MANAGER) -> str:
     if obj.get("kind") == "Secret" and obj.get("apiVersion") == "v1" and "f:stringData" in fields:
         # stringData is write-only: the server folds it into data and never returns it, so
         # owning f:stringData.f:key means owning the value at data.key.
-        written = {k: {} for k in fields["f:stringData"] if k.startswith("f:")}
+        written: FieldsV1 = {k: {} for k in fields["f:stringData"] if k.startswith("f:")}
         fields = merge_fields(fields, {"f:data": written})
     # fieldsV1 itself is part of the print: losing ownership of a field is a change too.
     payload = [fields, project(obj, fields)]
