@@ -63,12 +63,6 @@ class _AppRunner:
     drift: DriftWatcher | None = None
 
 
-def kustomize_command() -> tuple[str, ...] | None:
-    """The image ships a pinned ``kustomize``; elsewhere render's ``kubectl kustomize``."""
-    found = shutil.which("kustomize")
-    return (found, "build") if found else None
-
-
 def load_webhook_secret(cfg: GitSyncConfig, kube: Kube) -> bytes | None:
     """The webhook HMAC secret from the configured source; ``ConfigError`` with the key path."""
     hook = cfg.controller.webhook
@@ -153,7 +147,6 @@ class Controller:
             kube=kube,
             cache_dir=_writable_dir(Path(cfg.cache_dir)),
             state_namespace=cfg.state_namespace,
-            kustomize=kustomize_command(),
         )
         ctl = cfg.controller
         self.stuck_after = ctl.stuck_after or STUCK_AFTER_DEFAULT

@@ -12,6 +12,7 @@ traced back to the ``file:line`` it came from.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
@@ -36,10 +37,19 @@ __all__ = [
     "ORIGIN_ANNOTATION",
     "Limits",
     "build_kustomization",
+    "default_command",
     "kustomization_file",
 ]
 
 DEFAULT_KUSTOMIZE: tuple[str, ...] = ("kubectl", "kustomize")
+
+
+def default_command() -> tuple[str, ...]:
+    """A standalone ``kustomize`` (the image pins one) if on PATH, else ``kubectl kustomize``."""
+    found = shutil.which("kustomize")
+    return (found, "build") if found else DEFAULT_KUSTOMIZE
+
+
 KUSTOMIZATION_FILES: tuple[str, ...] = ("kustomization.yaml", "kustomization.yml", "Kustomization")
 ORIGIN_ANNOTATION = "config.kubernetes.io/origin"
 

@@ -26,6 +26,7 @@ from gitsync.kustomize import (
     DEFAULT_KUSTOMIZE,
     KUSTOMIZATION_FILES,
     build_kustomization,
+    default_command,
     kustomization_file,
 )
 from gitsync.model import (
@@ -188,7 +189,7 @@ def render(
             app,
             kustomization=kustomization,
             repo=repo,
-            command=list(kustomize or DEFAULT_KUSTOMIZE),
+            command=list(kustomize or default_command()),
             limits=limits,
             problems=problems,
         )
