@@ -27,6 +27,12 @@ class Failure:
     ref: ObjectRef
     source: str
     message: str
+    # The API server's HTTP status; 4xx means the commit itself is wrong, not the moment.
+    status: int = 0
+
+    @property
+    def permanent(self) -> bool:
+        return 400 <= self.status < 500 and self.status not in (408, 429)
 
     def __str__(self) -> str:
         where = f"{self.source}: " if self.source else ""
@@ -132,9 +138,13 @@ def _apply_one(kube: Kube, change: Change) -> KubeObject | Failure:
             if "immutable" in str(e)
             else ""
         )
-        return Failure(ref=change.ref, source=change.source, message=_api_message(e) + hint)
+        return Failure(
+            ref=change.ref, source=change.source, message=_api_message(e) + hint, status=e.status
+        )
     except KubeError as e:
-        return Failure(ref=change.ref, source=change.source, message=_api_message(e))
+        return Failure(
+            ref=change.ref, source=change.source, message=_api_message(e), status=e.status
+        )
 
 
 def _adopt_client_side_fields(kube: Kube, ref: ObjectRef, live: KubeObject) -> None:
@@ -172,7 +182,9 @@ def _recreate(kube: Kube, change: Change, timeout: float = 60.0) -> KubeObject |
             time.sleep(0.2)
         return kube.apply(change.manifest.obj)
     except KubeError as e:
-        return Failure(ref=change.ref, source=change.source, message=_api_message(e))
+        return Failure(
+            ref=change.ref, source=change.source, message=_api_message(e), status=e.status
+        )
 
 
 def _wait_ready(kube: Kube, objs: list[KubeObject], timeout: float) -> None:

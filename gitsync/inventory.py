@@ -19,7 +19,6 @@ from typing import Any
 from gitsync.errors import ConflictError, KubeError, StateError
 from gitsync.kube import Kube
 from gitsync.model import (
-    APP_LABEL,
     MANAGED_BY_LABEL,
     MANAGED_BY_VALUE,
     KubeObject,
@@ -186,12 +185,13 @@ def ensure_namespace(kube: Kube, namespace: str) -> None:
 
 
 __all__ = [
-    "APP_LABEL",
     "AppState",
     "HistoryEntry",
     "InventoryEntry",
     "decode",
     "encode",
+    "ensure_namespace",
     "read_state",
+    "secret_name",
     "write_state",
 ]

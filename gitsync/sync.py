@@ -17,14 +17,16 @@ from gitsync import events, inventory, log
 from gitsync.apply import AppliedSet, Failure, Progress, apply_plan
 from gitsync.config import AppConfig
 from gitsync.errors import ApplyError, GitSyncError
-from gitsync.gate import Verdict, default_timeout, wait_healthy
+from gitsync.gate import ObjectHealth, Verdict, default_timeout, wait_healthy
+from gitsync.health import Health, Status
 from gitsync.inventory import AppState, InventoryEntry
 from gitsync.kube import Kube
 from gitsync.model import Identity, ManifestSet, Revision
 from gitsync.plan import Action, Plan, make_plan
 from gitsync.prune import PruneResult, prune
 from gitsync.render import render
-from gitsync.rollback import quarantine, roll_back
+from gitsync.rollback import quarantine as quarantine_commit
+from gitsync.rollback import roll_back
 from gitsync.source import GitAuth, SourceSpec, fetch
 
 
@@ -168,6 +170,20 @@ class _Run:
         if not applied.ok:
             for f in applied.failures:
                 self.log.error("apply.failed", object=str(f.ref), source=f.source, error=f.message)
+            if applied.written and self.app.rollback.enabled:
+                # Part of the commit landed: put the healthy revision back rather than leave
+                # the app half-applied. Quarantine only if the API refused the commit itself.
+                verdict = Verdict(
+                    healthy=False,
+                    failed=tuple(
+                        ObjectHealth(ref=f.ref, health=Health(Status.FAILED, f.message))
+                        for f in applied.failures
+                    ),
+                )
+                permanent = all(f.permanent for f in applied.failures)
+                return self.failed_gate(
+                    prep, state, applied, verdict, counts, quarantine=permanent, event="ApplyFailed"
+                )
             reason = str(applied.failures[0])
             _store(self.ctx, state.with_history(rev.sha, "failed", reason=reason))
             return self.result(
@@ -265,25 +281,28 @@ class _Run:
         applied: AppliedSet,
         verdict: Verdict,
         counts: dict[str, int],
+        *,
+        quarantine: bool = True,
+        event: str = "HealthFailed",
     ) -> SyncResult:
-        """Unhealthy: roll back to the last healthy revision, or just report."""
+        """Unhealthy (or half-applied): roll back to the last healthy revision, or report."""
+        label = "health gate" if event == "HealthFailed" else "apply failed"
         bad = prep.revision.sha
         culprit = verdict.culprit
         reason = verdict.reason
         if culprit is not None:
-            events.emit(
-                self.kube, involved=culprit.ref, reason="HealthFailed", message=reason, warning=True
-            )
+            events.emit(self.kube, involved=culprit.ref, reason=event, message=reason, warning=True)
         if not self.app.rollback.enabled:
             _store(self.ctx, state.with_history(bad, "unhealthy", reason=reason))
-            return self.result(bad, "failed", counts=counts, error=f"health gate: {reason}")
-        state = quarantine(state, bad)
-        self.log.warning("commit.quarantined", commit=bad, reason=reason)
+            return self.result(bad, "failed", counts=counts, error=f"{label}: {reason}")
+        if quarantine:
+            state = quarantine_commit(state, bad)
+            self.log.warning("commit.quarantined", commit=bad, reason=reason)
         if not state.healthy_revision or not state.healthy_manifests:
             self.log.error("rollback.skipped", reason="no healthy revision to roll back to")
             _store(self.ctx, state.with_history(bad, "failed", reason=reason))
-            return self.result(bad, "failed", counts=counts, error=f"health gate: {reason}")
-        return self.roll_back(prep, state, applied, verdict, counts)
+            return self.result(bad, "failed", counts=counts, error=f"{label}: {reason}")
+        return self.roll_back(prep, state, applied, verdict, counts, label=label)
 
     def roll_back(
         self,
@@ -292,6 +311,8 @@ class _Run:
         applied: AppliedSet,
         verdict: Verdict,
         counts: dict[str, int],
+        *,
+        label: str,
     ) -> SyncResult:
         bad, good = prep.revision.sha, state.healthy_revision
         culprit = verdict.culprit
@@ -347,7 +368,7 @@ class _Run:
             bad,
             "rolled-back" if result.ok else "failed",
             counts=counts,
-            error=f"health gate: {verdict.reason}",
+            error=f"{label}: {verdict.reason}",
             rolled_back_to=good if result.ok else "",
         )
 

@@ -261,3 +261,38 @@ def test_statefulset_and_job_are_judged(app: App, kube: Kube) -> None:
     assert bad.result == "rolled-back", bad.error
     assert "StatefulSet" in bad.error
     assert "CrashLoopBackOff" in bad.error
+
+
+def test_half_applied_commit_is_rolled_back(app: App, kube: Kube) -> None:
+    """A commit whose later stage is refused is undone: no half-applied app is left behind."""
+    app.commit({"ns.yaml": NAMESPACE, "web.yaml": deployment(), "cfg.yaml": config_map("cfg")})
+    good = app.sync()
+    assert good.result == "synced", good.error
+    extra_ns = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}-extra\n"
+    # In a namespace the commit creates, so no dry-run can see the bad value first.
+    bad_deploy = (
+        deployment()
+        .replace("namespace: {ns}", "namespace: {ns}-extra")
+        .replace("replicas: 2", "replicas: -1")
+    )
+    changed_cfg = config_map("cfg").replace("value", "changed")
+    app.commit(
+        {
+            "ns.yaml": NAMESPACE,
+            "web.yaml": deployment(),
+            "cfg.yaml": changed_cfg,
+            "extra-ns.yaml": extra_ns,
+            "extra-web.yaml": bad_deploy,
+        }
+    )
+    result = app.sync()
+    assert result.result == "rolled-back", result.error
+    assert "apply failed" in result.error
+    assert "replicas" in result.error
+    cfg = kube.get(ref("ConfigMap", "cfg", app.ns))
+    assert cfg is not None
+    assert cfg["data"] == {"key": "value"}, "the config stage's change was put back"
+    extra = kube.get(ref("Namespace", f"{app.ns}-extra"))
+    assert extra is None or extra["metadata"].get("deletionTimestamp"), "created objects removed"
+    state = inventory.read_state(kube, app=app.name, namespace=app.ctx.state_namespace)
+    assert state.quarantined == (result.revision,), "an invalid object is the commit's fault"
