@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -435,3 +436,37 @@ def test_secret_value_changed_by_hand_is_restored(app: App, kube: Kube, kubectl:
     live = kube.get(_ref("Secret", "web-secret", app.ns))
     assert live is not None
     assert base64.b64decode(live["data"]["password"]).decode() == f"hunter2-{app.ns}"
+
+
+FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
+BAD_CASES = sorted(
+    p.name
+    for p in (FIXTURES / "bad").iterdir()
+    if p.is_dir() and any(f.name != "expected.txt" for f in p.iterdir())
+)
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_corpus_changes_nothing(case: str, app: App, kube: Kube) -> None:
+    """Each committed fixtures/bad case fails the sync, says where, and writes nothing."""
+    app.repo.commit(FIXTURES / "bad" / case)
+    kube.calls.clear()
+    result = app.sync(namespace="demo")
+    assert result.result == "failed"
+    assert re.search(r"[\w./-]+:\d+: ", result.error), result.error
+    assert _writes(kube) == 0, dict(kube.calls)
+
+
+def test_kustomize_overlay_renders_and_syncs(app: App, kube: Kube) -> None:
+    """A Kustomize overlay (base + prod patches + generator) syncs, then resyncs as a no-op."""
+    app.repo.commit(FIXTURES / "kustomize")
+    try:
+        result = app.sync(path="overlays/prod")
+        assert result.result == "synced", result.error
+        deploy = kube.get(_ref("Deployment", "prod-api", "shop-prod", "apps"))
+        assert deploy is not None
+        assert deploy["spec"]["replicas"] == 3
+        assert deploy["metadata"]["labels"]["gitsync.io/app"] == app.name
+        assert app.sync(path="overlays/prod").result == "unchanged"
+    finally:
+        kube.delete(_ref("Namespace", "shop-prod"))
