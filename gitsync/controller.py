@@ -143,15 +143,16 @@ class Controller:
         self.kube = kube
         self.credentials = credentials
         self.log = log.get(component="controller")
+        self.stopping = threading.Event()
         self.ctx = Context(
             kube=kube,
             cache_dir=_writable_dir(Path(cfg.cache_dir)),
             state_namespace=cfg.state_namespace,
+            cancel=self.stopping,
         )
         ctl = cfg.controller
         self.stuck_after = ctl.stuck_after or STUCK_AFTER_DEFAULT
         self.runners = {app.name: _AppRunner(app=app) for app in cfg.apps}
-        self.stopping = threading.Event()
         self._started = time.monotonic()
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=max(1, len(cfg.apps)))},

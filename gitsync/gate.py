@@ -11,7 +11,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gitsync import health
@@ -47,6 +47,8 @@ class Verdict:
     failed: tuple[ObjectHealth, ...] = ()
     pending: tuple[ObjectHealth, ...] = ()
     seconds: float = 0.0
+    # The wait was cut short by shutdown: no verdict on health either way.
+    interrupted: bool = False
 
     @property
     def culprit(self) -> ObjectHealth | None:
@@ -203,8 +205,13 @@ def wait_healthy(
     timeout: float,
     on_progress: Progress | None = None,
     progress_every: float = 5.0,
+    cancel: threading.Event | None = None,
 ) -> Verdict:
-    """Block until all ``objects`` are Current (healthy), one is Failed, or time runs out."""
+    """Block until all ``objects`` are Current (healthy), one is Failed, or time runs out.
+
+    ``cancel`` (the controller's shutdown) ends the wait within a second with an
+    ``interrupted`` verdict, which is neither healthy nor a reason to roll back.
+    """
     started = time.monotonic()
     gate = _Gate(kube, objects)
     verdicts = gate.judge()
@@ -220,6 +227,8 @@ def wait_healthy(
             counts = _counts(verdicts)
             if counts[Status.FAILED] or not counts[Status.IN_PROGRESS]:
                 break
+            if cancel is not None and cancel.is_set():
+                return replace(_verdict(gate.state, verdicts, started), interrupted=True)
             if on_progress and time.monotonic() - last_report >= progress_every:
                 last_report = time.monotonic()
                 on_progress(

@@ -8,6 +8,7 @@ new revision is healthy; a revision that fails its gate is rolled back and quara
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -44,7 +45,7 @@ class Prepared:
 class SyncResult:
     app: str
     revision: str
-    # synced | unchanged | failed | rolled-back | quarantined (skipped)
+    # synced | unchanged | failed | rolled-back | quarantined (skipped) | interrupted
     result: str
     counts: dict[str, int] = field(default_factory=dict)
     failures: tuple[Failure, ...] = ()
@@ -64,6 +65,12 @@ class Context:
     auth: GitAuth | None = None
     fetch_timeout: float = 120.0
     kustomize: tuple[str, ...] | None = None
+    # Set on shutdown: a sync stops before its first write, or leaves its health gate early.
+    cancel: threading.Event | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
 
 
 def source_spec(app: AppConfig, auth: GitAuth | None) -> SourceSpec:
@@ -146,6 +153,9 @@ class _Run:
             self.log.error("sync.failed", stage=stage, error=str(e))
             return self.result("", "failed", error=str(e))
         prep = Prepared(revision=revision, manifests=manifests, state=state, plan=plan)
+        if self.ctx.cancelled:
+            self.log.info("sync.interrupted", stage="plan", reason="shutting down; nothing written")
+            return self.result(revision.sha, "interrupted")
         return self.apply(prep)
 
     def apply(self, prep: Prepared) -> SyncResult:
@@ -191,6 +201,12 @@ class _Run:
             )
         if applied.written or prep.state.healthy_revision != rev.sha:
             verdict = self.gate(applied)
+            if verdict.interrupted:
+                # Applied but not judged: the next sync (maybe another replica's) gates again,
+                # because healthy_revision still names the previous commit.
+                self.log.warning("sync.interrupted", stage="health", reason="shutting down")
+                _store(self.ctx, state.with_history(rev.sha, "interrupted"))
+                return self.result(rev.sha, "interrupted", counts=counts)
             if not verdict.healthy:
                 return self.failed_gate(prep, state, applied, verdict, counts)
         return self.finish(prep, applied, counts)
@@ -202,10 +218,12 @@ class _Run:
         def report(current: int, waiting: int, failed: int) -> None:
             self.log.info("health.waiting", current=current, waiting=waiting, failed=failed)
 
-        verdict = wait_healthy(self.kube, objects, timeout=timeout, on_progress=report)
+        verdict = wait_healthy(
+            self.kube, objects, timeout=timeout, on_progress=report, cancel=self.ctx.cancel
+        )
         if verdict.healthy:
             self.log.info("health.passed", objects=len(objects), seconds=round(verdict.seconds, 2))
-        else:
+        elif not verdict.interrupted:
             culprit = verdict.culprit
             self.log.error(
                 "health.failed",

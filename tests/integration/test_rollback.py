@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from dataclasses import replace
+
 import pytest
 import structlog
 
@@ -296,3 +300,25 @@ def test_half_applied_commit_is_rolled_back(app: App, kube: Kube) -> None:
     assert extra is None or extra["metadata"].get("deletionTimestamp"), "created objects removed"
     state = inventory.read_state(kube, app=app.name, namespace=app.ctx.state_namespace)
     assert state.quarantined == (result.revision,), "an invalid object is the commit's fault"
+
+
+def test_shutdown_during_the_gate_interrupts_without_rollback(app: App, kube: Kube) -> None:
+    """Cancelling a sync in its health gate ends it at once: no rollback, no quarantine."""
+    v1 = app.commit({"ns.yaml": NAMESPACE, "web.yaml": deployment()})
+    assert app.sync().result == "synced"
+    v2 = app.commit(
+        {"ns.yaml": NAMESPACE, "web.yaml": deployment(image="web:2", behavior="never-ready")}
+    )
+    cancel = threading.Event()
+    app.ctx = replace(app.ctx, cancel=cancel)
+    threading.Timer(2.0, cancel.set).start()
+    began = time.monotonic()
+    result = app.sync()
+    assert result.result == "interrupted"
+    assert time.monotonic() - began < 10, "the 600 s progress deadline was not waited for"
+    state = inventory.read_state(kube, app=app.name, namespace=app.ctx.state_namespace)
+    assert state.revision == v2
+    assert state.healthy_revision == v1, "an unjudged commit is not recorded as healthy"
+    assert state.quarantined == ()
+    assert _deploy(kube, app)["spec"]["template"]["spec"]["containers"][0]["image"] == "web:2"
+    assert app.sync().result == "interrupted", "a cancelled context writes nothing new"
