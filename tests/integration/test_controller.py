@@ -550,3 +550,48 @@ def test_missing_auth_secret_exits_2_with_the_key_path(
     assert "apps[1].auth.secretRef: Secret" in text
     assert f"{state_ns}/missing does not exist" in text
     assert "sync.started" not in text
+
+
+NEVER_READY = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: slow
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: slow}}
+  template:
+    metadata:
+      labels: {app: slow, gitsync.test/behavior: never-ready}
+    spec:
+      containers: [{name: slow, image: registry.invalid/slow:1}]
+"""
+
+
+def test_sigterm_during_a_long_health_gate_hands_over_at_once(
+    controllers: Callable[..., ControllerProcess],
+    make_repo: Callable[..., BareRepo],
+    namespace: str,
+    state_ns: str,
+) -> None:
+    """SIGTERM while a gate waits out a 600 s deadline: exit 0 within seconds, Lease released."""
+    repo = make_repo("slow")
+    repo.commit({"deploy.yaml": NEVER_READY})
+    cfg = {
+        "stateNamespace": state_ns,
+        "apps": [app_config("slow", repo.file_url, namespace)],
+        "controller": {"leaderElection": lease_config(leaseDuration="30s", renewDeadline="20s")},
+    }
+    proc = controllers(cfg, name="one")
+    proc.wait_event("sync.applied", app="slow")
+    time.sleep(1.0)
+    began = time.monotonic()
+    proc.signal(signal.SIGTERM)
+    assert proc.proc.wait(timeout=30) == 0
+    took = time.monotonic() - began
+    print(f"exit after SIGTERM during a health gate: {took:.2f}s")
+    assert took < 10.0
+    interrupted = proc.wait_event("sync.interrupted", app="slow")
+    assert interrupted["stage"] == "health"
+    stopped = proc.wait_event("controller.stopped")
+    assert stopped["released_lease"] is True
