@@ -51,6 +51,7 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--log-format", choices=["json", "console"], help="log format")
 
     r = sub.add_parser("render", help="print the rendered manifests (YAML)")
+    r.add_argument("--show-secrets", action="store_true", help="print Secret values instead of ***")
     app_args(r)
     d = sub.add_parser("diff", help="show what a sync would change; exit 1 if anything")
     app_args(d)
@@ -181,6 +182,7 @@ def _writable(path: Path) -> bool:
 
 
 def _render(args: argparse.Namespace) -> int:
+    from gitsync.plan import mask_secret
     from gitsync.sync import prepare_render
 
     apps, state_ns, cache = _apps(args)
@@ -190,7 +192,7 @@ def _render(args: argparse.Namespace) -> int:
         _rev, manifests = prepare_render(app, ctx)
         for w in manifests.warnings:
             print(f"# warning: {w}", file=sys.stderr)
-        docs.extend(m.obj for m in manifests.manifests)
+        docs.extend(m.obj if args.show_secrets else mask_secret(m.obj) for m in manifests.manifests)
     yaml.safe_dump_all(docs, sys.stdout, sort_keys=False)
     return EXIT_OK
 

@@ -6,7 +6,7 @@ import logging
 import re
 import sys
 from collections.abc import MutableMapping
-from typing import Any
+from typing import Any, TextIO, cast
 
 import structlog
 
@@ -25,6 +25,16 @@ def _mask_credentials(
         if isinstance(value, str) and "://" in value:
             event_dict[key] = mask_url(value)
     return event_dict
+
+
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is now, not to the one seen at configure time."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
 
 
 def configure(*, json: bool | None = None, level: str = "info") -> None:
@@ -48,7 +58,7 @@ def configure(*, json: bool | None = None, level: str = "info") -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=cast(TextIO, _CurrentStderr())),
         cache_logger_on_first_use=False,
     )
 

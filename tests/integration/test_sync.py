@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gitsync import inventory
+from gitsync.cli import main
 from gitsync.kube import Kube, Resource
 from gitsync.model import ObjectRef
 from gitsync.sync import prepare
@@ -470,3 +471,19 @@ def test_kustomize_overlay_renders_and_syncs(app: App, kube: Kube) -> None:
         assert app.sync(path="overlays/prod").result == "unchanged"
     finally:
         kube.delete(_ref("Namespace", "shop-prod"))
+
+
+def test_cli_render_masks_secret_values(
+    app: App, kubeconfig: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`gitsync render` prints Secret values as *** unless --show-secrets is given."""
+    app.commit(FULL_APP)
+    args = ["render", "--repo", app.repo.file_url, "--namespace", app.ns, "--app", app.name]
+    args += ["--kubeconfig", str(kubeconfig), "--cache-dir", str(tmp_path / "cli-cache")]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "kind: Secret" in out
+    assert "hunter2" not in out
+    assert "password: '***'" in out
+    assert main([*args, "--show-secrets"]) == 0
+    assert f"hunter2-{app.ns}" in capsys.readouterr().out
