@@ -18,7 +18,7 @@ from gitsync.errors import InvalidError, KubeError
 from gitsync.fields import content_hash, fingerprint, upgraded_managed_fields
 from gitsync.inventory import InventoryEntry
 from gitsync.kube import Kube
-from gitsync.model import FIELD_MANAGER, RECREATE_ANNOTATION, KubeObject, ObjectRef
+from gitsync.model import FIELD_MANAGER, RECREATE_ANNOTATION, KubeObject, Manifest, ObjectRef
 from gitsync.plan import Action, Change, Plan
 
 
@@ -76,22 +76,22 @@ def apply_plan(
     objects: list[KubeObject] = []
     failures: list[Failure] = []
     for stage in stages:
-        changes = [by_id[m.ref.identity()] for m in stage.manifests]
-        todo = [c for c in changes if c.action is not Action.UNCHANGED]
-        for c in changes:
-            if c.action is Action.UNCHANGED and c.manifest is not None:
+        pairs = [(by_id[m.ref.identity()], m) for m in stage.manifests]
+        todo = [(c, m) for c, m in pairs if c.action is not Action.UNCHANGED]
+        for c, m in pairs:
+            if c.action is Action.UNCHANGED:
                 live = c.live or {}
-                entries.append(_entry(c, live))
+                entries.append(_entry(m, live))
                 objects.append(live)
         if not todo:
             continue
         with ThreadPoolExecutor(max_workers=min(workers, len(todo))) as pool:
-            results = list(pool.map(lambda c: _apply_one(kube, c), todo))
-        for change, result in zip(todo, results, strict=True):
+            results = list(pool.map(lambda cm: _apply_one(kube, *cm), todo))
+        for (change, manifest), result in zip(todo, results, strict=True):
             if isinstance(result, Failure):
                 failures.append(result)
                 continue
-            entries.append(_entry(change, result))
+            entries.append(_entry(manifest, result))
             written.append(change.ref)
             objects.append(result)
         done += len(todo)
@@ -102,7 +102,7 @@ def apply_plan(
         try:
             _wait_ready(kube, [r for r in results if not isinstance(r, Failure)], ready_timeout)
         except KubeError as e:
-            failures.append(Failure(ref=todo[0].ref, source="", message=str(e)))
+            failures.append(Failure(ref=todo[0][0].ref, source="", message=str(e)))
             break
     return AppliedSet(
         entries=tuple(entries),
@@ -112,18 +112,16 @@ def apply_plan(
     )
 
 
-def _entry(change: Change, live: KubeObject) -> InventoryEntry:
-    assert change.manifest is not None  # noqa: S101 - desired changes always carry one
+def _entry(manifest: Manifest, live: KubeObject) -> InventoryEntry:
     return InventoryEntry(
-        ref=change.ref,
-        manifest_hash=content_hash(change.manifest.obj),
+        ref=manifest.ref,
+        manifest_hash=content_hash(manifest.obj),
         fingerprint=fingerprint(live),
     )
 
 
-def _apply_one(kube: Kube, change: Change) -> KubeObject | Failure:
-    assert change.manifest is not None  # noqa: S101
-    obj = change.manifest.obj
+def _apply_one(kube: Kube, change: Change, manifest: Manifest) -> KubeObject | Failure:
+    obj = manifest.obj
     try:
         if change.live is not None:
             _adopt_client_side_fields(kube, change.ref, change.live)
@@ -131,7 +129,7 @@ def _apply_one(kube: Kube, change: Change) -> KubeObject | Failure:
     except InvalidError as e:
         annotations = obj.get("metadata", {}).get("annotations") or {}
         if "immutable" in str(e) and annotations.get(RECREATE_ANNOTATION) == "true":
-            return _recreate(kube, change)
+            return _recreate(kube, change, manifest)
         hint = (
             f' (immutable field: set annotation {RECREATE_ANNOTATION}: "true" to let gitsync '
             "delete and recreate it)"
@@ -166,9 +164,10 @@ def _api_message(e: KubeError) -> str:
     return rest if sep else text
 
 
-def _recreate(kube: Kube, change: Change, timeout: float = 60.0) -> KubeObject | Failure:
+def _recreate(
+    kube: Kube, change: Change, manifest: Manifest, timeout: float = 60.0
+) -> KubeObject | Failure:
     """Delete and create again, for an opted-in immutable change."""
-    assert change.manifest is not None  # noqa: S101
     try:
         kube.delete(change.ref, propagation="Foreground")
         deadline = time.monotonic() + timeout
@@ -180,7 +179,7 @@ def _recreate(kube: Kube, change: Change, timeout: float = 60.0) -> KubeObject |
                     message=f"still terminating after {timeout:.0f}s; recreate abandoned",
                 )
             time.sleep(0.2)
-        return kube.apply(change.manifest.obj)
+        return kube.apply(manifest.obj)
     except KubeError as e:
         return Failure(
             ref=change.ref, source=change.source, message=_api_message(e), status=e.status

@@ -16,11 +16,19 @@ from typing import Any
 
 from deepdiff import DeepDiff
 
-from gitsync.errors import ApplyError, KubeError
+from gitsync.errors import ApplyError, InvalidError, KubeError
 from gitsync.fields import content_hash, fingerprint
 from gitsync.inventory import AppState, InventoryEntry
 from gitsync.kube import Kube, Resource
-from gitsync.model import APP_LABEL, Identity, KubeObject, Manifest, ManifestSet, ObjectRef
+from gitsync.model import (
+    APP_LABEL,
+    RECREATE_ANNOTATION,
+    Identity,
+    KubeObject,
+    Manifest,
+    ManifestSet,
+    ObjectRef,
+)
 
 MASK = "***"
 _VOLATILE_META = (
@@ -275,7 +283,25 @@ def _deferred(m: Manifest) -> Change:
 
 def plan_object(kube: Kube, m: Manifest, current: KubeObject | None) -> Change:
     """Dry-run one object and diff it against what is live."""
-    result = kube.apply(m.obj, dry_run=True)
+    try:
+        result = kube.apply(m.obj, dry_run=True)
+    except InvalidError as e:
+        if "immutable" not in str(e):
+            raise
+        annotations = (m.obj.get("metadata") or {}).get("annotations") or {}
+        if annotations.get(RECREATE_ANNOTATION) != "true":
+            msg = f'{e} (set annotation {RECREATE_ANNOTATION}: "true" to delete and recreate it)'
+            raise InvalidError(msg, status=e.status, reason=e.reason) from e
+        # Opted in: the apply stage deletes and recreates it, in its stage's turn.
+        recreate = FieldDiff(path="(object)", live="immutable field changed", desired="recreate")
+        return Change(
+            ref=m.ref,
+            action=Action.UPDATE,
+            source=m.source,
+            manifest=m,
+            diff=(recreate,),
+            live=current,
+        )
     if current is None and result.get("metadata", {}).get("resourceVersion"):
         # It exists but without our label (adoption): diff against the real object.
         current = kube.get(m.ref)

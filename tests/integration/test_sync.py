@@ -487,3 +487,52 @@ def test_cli_render_masks_secret_values(
     assert "password: '***'" in out
     assert main([*args, "--show-secrets"]) == 0
     assert f"hunter2-{app.ns}" in capsys.readouterr().out
+
+
+JOB = """\
+apiVersion: batch/v1
+kind: Job
+metadata:
+  name: migrate
+  namespace: {ns}
+  ANNOTATIONS
+spec:
+  template:
+    spec:
+      restartPolicy: Never
+      containers: [{{name: m, image: registry.invalid/migrate:IMAGE}}]
+"""
+
+
+def _job(image: str, *, recreate: bool = False) -> str:
+    note = 'annotations: {{gitsync.io/recreate: "true"}}' if recreate else "labels: {{}}"
+    return JOB.replace("IMAGE", image).replace("ANNOTATIONS", note)
+
+
+def test_immutable_field_change_is_refused_unless_recreate_is_opted_in(
+    app: App, kube: Kube
+) -> None:
+    """A Job template change fails with a hint; with the annotation the Job is recreated."""
+    ns = {"ns.yaml": FULL_APP["f-namespace.yaml"]}
+    app.commit(ns | {"job.yaml": _job("1")})
+    assert app.sync().result == "synced"
+    first = kube.get(_ref("Job", "migrate", app.ns, "batch"))
+    assert first is not None
+
+    app.commit(ns | {"job.yaml": _job("2")})
+    kube.calls.clear()
+    refused = app.sync()
+    assert refused.result == "failed"
+    assert "job.yaml:1" in refused.error
+    assert "immutable" in refused.error
+    assert "gitsync.io/recreate" in refused.error
+    assert _writes(kube) == 0
+
+    app.commit(ns | {"job.yaml": _job("2", recreate=True)})
+    result = app.sync()
+    assert result.result == "synced", result.error
+    second = kube.get(_ref("Job", "migrate", app.ns, "batch"))
+    assert second is not None
+    assert second["metadata"]["uid"] != first["metadata"]["uid"]
+    image = second["spec"]["template"]["spec"]["containers"][0]["image"]
+    assert image == "registry.invalid/migrate:2"
