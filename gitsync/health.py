@@ -262,11 +262,16 @@ def pod_problem(pod: KubeObject, *, now: datetime | None = None) -> str:
         waiting = (cs.get("state") or {}).get("waiting") or {}
         reason = waiting.get("reason", "")
         if reason in FATAL_WAITING:
-            restarts = cs.get("restartCount", 0)
-            detail = f": {waiting['message']}" if waiting.get("message") else ""
+            facts = [f"restarts: {cs.get('restartCount', 0)}"]
+            last = (cs.get("lastState") or {}).get("terminated") or {}
+            if last:
+                facts.append(f"last exit {last.get('exitCode')} {last.get('reason', '')}".strip())
+            # The kubelet's back-off text only repeats the Pod name; other reasons' messages
+            # (an image that cannot be pulled, a missing ConfigMap key) say what is wrong.
+            message = waiting.get("message") if reason != "CrashLoopBackOff" else ""
+            detail = f": {message}" if message else ""
             return (
-                f"Pod {name} container {cs.get('name')} is in {reason} "
-                f"(restarts: {restarts}){detail}"
+                f"Pod {name} container {cs.get('name')} is in {reason} ({', '.join(facts)}){detail}"
             )
     sched = _cond(pod, "PodScheduled")
     if sched and sched.get("status") == "False" and sched.get("reason") == "Unschedulable":

@@ -244,3 +244,17 @@ def test_current_pods_of_statefulset_follow_update_revision():
         _owned("other", "x", **{"controller-revision-hash": "db-2"}),
     ]
     assert [p["metadata"]["name"] for p in current_pods(sts, pods)] == ["db-1"]
+
+
+def test_crashloop_reason_names_the_last_exit_not_the_backoff_text():
+    """CrashLoopBackOff reasons give restarts and last exit, not the kubelet back-off text."""
+    pod = _pod(waiting="CrashLoopBackOff")
+    cs = pod["status"]["containerStatuses"][0]
+    cs["state"]["waiting"]["message"] = "back-off 10s restarting failed container=app pod=web-1"
+    cs["lastState"] = {"terminated": {"exitCode": 137, "reason": "OOMKilled"}}
+    assert pod_problem(pod) == (
+        "Pod web-1 container app is in CrashLoopBackOff (restarts: 4, last exit 137 OOMKilled)"
+    )
+    pull = _pod(waiting="ImagePullBackOff")
+    pull["status"]["containerStatuses"][0]["state"]["waiting"]["message"] = 'Back-off pulling "x"'
+    assert pod_problem(pull).endswith(': Back-off pulling "x"')
