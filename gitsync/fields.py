@@ -16,17 +16,22 @@ from gitsync.model import FIELD_MANAGER, KubeObject
 FieldsV1 = dict[str, Any]
 
 
+def apply_entry(obj: KubeObject, manager: str = FIELD_MANAGER) -> dict[str, Any] | None:
+    """``manager``'s managedFields entry for Apply on the main resource, if any."""
+    for entry in (obj.get("metadata") or {}).get("managedFields") or []:
+        if _is_apply_of(entry, manager):
+            found: dict[str, Any] = entry
+            return found
+    return None
+
+
 def managed_entry(obj: KubeObject, manager: str = FIELD_MANAGER) -> FieldsV1 | None:
     """The fieldsV1 ``manager`` owns through Apply on the main resource, if any."""
-    for entry in (obj.get("metadata") or {}).get("managedFields") or []:
-        if (
-            entry.get("manager") == manager
-            and entry.get("operation") == "Apply"
-            and not entry.get("subresource")
-        ):
-            fields: FieldsV1 = entry.get("fieldsV1") or {}
-            return fields
-    return None
+    entry = apply_entry(obj, manager)
+    if entry is None:
+        return None
+    fields: FieldsV1 = entry.get("fieldsV1") or {}
+    return fields
 
 
 def _matches(item: Any, key: dict[str, Any]) -> bool:

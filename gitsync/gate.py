@@ -16,9 +16,10 @@ from typing import Any
 
 from gitsync import health
 from gitsync.errors import KubeError
+from gitsync.fields import apply_entry
 from gitsync.health import Health, Status
 from gitsync.kube import Kube, Resource
-from gitsync.model import FIELD_MANAGER, Identity, KubeObject, ObjectRef
+from gitsync.model import Identity, KubeObject, ObjectRef
 
 DEFAULT_PROGRESS_DEADLINE = 600
 MARGIN_SECONDS = 30.0
@@ -240,10 +241,8 @@ def wait_healthy(
 
 
 def _applied_at(obj: KubeObject) -> str:
-    for entry in (obj.get("metadata") or {}).get("managedFields") or []:
-        if entry.get("manager") == FIELD_MANAGER and entry.get("operation") == "Apply":
-            return str(entry.get("time", ""))
-    return ""
+    entry = apply_entry(obj)
+    return str(entry.get("time", "")) if entry else ""
 
 
 def _counts(verdicts: dict[Identity, Health]) -> dict[Status, int]:
