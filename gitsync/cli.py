@@ -240,7 +240,7 @@ def _sync(args: argparse.Namespace) -> int:
     for app in apps:
         result = sync_app(app, ctx, progress=progress, force=args.force)
         c = result.counts
-        if result.result in ("failed", "rolled-back"):
+        if result.result in ("failed", "rolled-back", "degraded"):
             failed = True
             back = (
                 f" (rolled back to {result.rolled_back_to[:12]})" if result.rolled_back_to else ""
@@ -286,6 +286,8 @@ def _status(args: argparse.Namespace) -> int:
         print(f"revision:         {st.revision or '(never synced)'}")
         print(f"healthy revision: {st.healthy_revision or '(none)'}")
         print(f"quarantined:      {', '.join(st.quarantined) or '(none)'}")
+        if st.degraded:
+            print(f"health:           Degraded: {st.degraded}")
         print(f"inventory:        {len(st.inventory)} object(s)")
         if st.history:
             last = st.history[-1]

@@ -45,7 +45,8 @@ from gitsync.leader import LeaderElector, LeaseSpec, default_identity
 from gitsync.server import Server, WebhookSettings
 from gitsync.sync import Context, SyncResult, sync_app
 
-FAILED_RESULTS = frozenset({"failed"})
+# Retried with backoff; "degraded" is a rollback that did not finish.
+FAILED_RESULTS = frozenset({"failed", "degraded"})
 STUCK_AFTER_DEFAULT = 1800.0  # a gate plus a rollback gate at the default deadline, twice
 
 
@@ -382,6 +383,7 @@ class Controller:
                 True,
             ),
             "quarantined": ("Quarantined", f"{sha} is quarantined after a rollback; skipped", True),
+            "degraded": ("Degraded", f"rollback from {sha} did not finish: {result.error}", True),
         }.get(result.result, ("Synced", result.result, False))
         # Keyed without the error text: it often carries timings that differ every try.
         key = (reason, result.revision)

@@ -67,6 +67,13 @@ class AppState:
     inventory: tuple[InventoryEntry, ...] = ()
     healthy_manifests: tuple[KubeObject, ...] = field(default=(), repr=False)
     history: tuple[HistoryEntry, ...] = ()
+    # Write-ahead: objects an unfinished sync may have created (recorded before its first
+    # write), and the prior content of existing objects it took over. Cleared once a sync
+    # or rollback has settled them, so a crash at any point leaves nothing untracked.
+    pending: tuple[InventoryEntry, ...] = ()
+    adopted: tuple[KubeObject, ...] = field(default=(), repr=False)
+    # Why the app is Degraded: a rollback that did not finish (retried on the next poll).
+    degraded: str = ""
     # Not serialized: the Secret's resourceVersion when read ("" = not stored yet).
     resource_version: str = ""
 
@@ -88,6 +95,9 @@ class AppState:
                 {"sha": h.sha, "result": h.result, "time": h.time, "reason": h.reason}
                 for h in self.history
             ],
+            "pending": [e.to_json() for e in self.pending],
+            "adopted": list(self.adopted),
+            "degraded": self.degraded,
         }
 
     @classmethod
@@ -100,6 +110,9 @@ class AppState:
             inventory=tuple(InventoryEntry.from_json(e) for e in raw.get("inventory", [])),
             healthy_manifests=tuple(raw.get("healthy_manifests", [])),
             history=tuple(HistoryEntry(**h) for h in raw.get("history", [])),
+            pending=tuple(InventoryEntry.from_json(e) for e in raw.get("pending", [])),
+            adopted=tuple(raw.get("adopted", [])),
+            degraded=raw.get("degraded", ""),
             resource_version=resource_version,
         )
 
@@ -112,6 +125,21 @@ def encode(state: AppState) -> str:
 def decode(data: str, *, resource_version: str = "") -> AppState:
     raw = json.loads(gzip.decompress(base64.b64decode(data)))
     return AppState.from_json(raw, resource_version=resource_version)
+
+
+# Temporary bound until the chunked state store lands: one Secret's data limit.
+_MAX_ENCODED = 1024 * 1024 - 4096
+
+
+def check_fits(state: AppState) -> None:
+    """Refuse, before the first write, a state that could not be recorded."""
+    size = len(encode(state))
+    if size > _MAX_ENCODED:
+        msg = (
+            f"the state of app {state.app!r} would take {size} bytes, over the "
+            f"{_MAX_ENCODED}-byte limit of a Secret; split the app"
+        )
+        raise StateError(msg)
 
 
 def secret_name(app: str) -> str:
@@ -188,6 +216,7 @@ __all__ = [
     "AppState",
     "HistoryEntry",
     "InventoryEntry",
+    "check_fits",
     "decode",
     "encode",
     "ensure_namespace",

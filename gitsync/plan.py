@@ -43,6 +43,14 @@ _VOLATILE_META = (
 )
 
 
+class Origin(enum.StrEnum):
+    """Why gitsync believes a prune candidate is its own."""
+
+    INVENTORY = "inventory"  # recorded by a settled sync
+    PENDING = "pending"  # created by a sync that never settled (write-ahead record)
+    LABEL = "label"  # labelled for the app, in neither Git nor the state (backstop)
+
+
 class Action(enum.StrEnum):
     CREATE = "create"
     UPDATE = "update"
@@ -69,6 +77,8 @@ class Change:
     live: KubeObject | None = field(default=None, repr=False, compare=False)
     # The kind is defined by a CRD in the same set; it is planned after the CRD stage.
     deferred: bool = False
+    # For PRUNE only: how the object is known to be the app's.
+    origin: Origin = Origin.INVENTORY
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -214,7 +224,12 @@ def make_plan(
             ready.append((m, res))
             resources.append(res)
     stale = [e for e in state.inventory if e.ref.identity() not in desired_ids]
-    for e in stale:
+    unsettled = [
+        e
+        for e in state.pending
+        if e.ref.identity() not in desired_ids and e.ref.identity() not in known
+    ]
+    for e in (*stale, *unsettled):
         res = _served(kube, e.ref, refresh=False)
         if res is not None:
             resources.append(res)
@@ -253,11 +268,49 @@ def make_plan(
     if failures:
         raise ApplyError(failures)
     changes.extend(_deferred(m) for m in deferred)
-    for e in stale:
-        changes.append(
-            Change(ref=e.ref, action=Action.PRUNE, live=live.objects.get(e.ref.identity()))
-        )
+    changes.extend(_prune_candidates(state, desired_ids, stale, unsettled, live))
     return Plan(changes=tuple(changes))
+
+
+def _prune_candidates(
+    state: AppState,
+    desired: set[Identity],
+    stale: list[InventoryEntry],
+    unsettled: list[InventoryEntry],
+    live: LiveIndex,
+) -> list[Change]:
+    """What the app owns and Git no longer wants, each with how we know it is ours."""
+    out = [
+        Change(ref=e.ref, action=Action.PRUNE, live=live.objects.get(e.ref.identity()))
+        for e in stale
+    ]
+    out.extend(
+        Change(
+            ref=e.ref,
+            action=Action.PRUNE,
+            live=live.objects.get(e.ref.identity()),
+            origin=Origin.PENDING,
+        )
+        for e in unsettled
+    )
+    # Backstop: labelled for this app, yet neither desired nor recorded anywhere. Objects
+    # a controller made (e.g. Pods from a template carrying our label) are its to delete.
+    recorded = (
+        desired
+        | {e.ref.identity() for e in (*state.inventory, *state.pending)}
+        | {ObjectRef.of(o).identity() for o in state.adopted}
+    )
+    out.extend(
+        Change(ref=ObjectRef.of(obj), action=Action.PRUNE, live=obj, origin=Origin.LABEL)
+        for ident, obj in live.objects.items()
+        if ident not in recorded and not _controlled(obj)
+    )
+    return out
+
+
+def _controlled(obj: KubeObject) -> bool:
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("controller") for r in refs)
 
 
 def _new_namespaces(kube: Kube, manifests: ManifestSet, live: LiveIndex) -> frozenset[str]:

@@ -22,7 +22,7 @@ from gitsync.model import (
     PRUNE_ANNOTATION,
     ObjectRef,
 )
-from gitsync.plan import Action, Change
+from gitsync.plan import Action, Change, Origin
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,21 +69,27 @@ def prune(
     allow_empty: bool = False,
     allow_mass: bool = False,
 ) -> PruneResult:
-    """Delete the plan's prune candidates in reverse dependency order."""
+    """Delete the plan's prune candidates in reverse dependency order.
+
+    What an unsettled sync created (``Origin.PENDING``) is never part of a healthy state,
+    so removing it is undoing that sync, not pruning the app: the guards do not hold it.
+    """
     candidates = [c for c in changes if c.action is Action.PRUNE]
+    guarded = [c for c in candidates if c.origin is not Origin.PENDING]
     guard = guard_reason(
         desired=desired_count,
         inventory=inventory_count,
-        candidates=len(candidates),
+        candidates=len(guarded),
         allow_empty=allow_empty,
         allow_mass=allow_mass,
     )
     if guard:
-        return PruneResult(kept=tuple(c.ref for c in candidates), guard=guard)
+        held = {c.ref.identity() for c in guarded}
+        candidates = [c for c in candidates if c.ref.identity() not in held]
     by_id = {c.ref.identity(): c for c in candidates}
     deleted: list[ObjectRef] = []
     skipped: list[Skipped] = []
-    kept: list[ObjectRef] = []
+    kept: list[ObjectRef] = [c.ref for c in guarded] if guard else []
     for ref in order.prune_order([c.ref for c in candidates]):
         live = by_id[ref.identity()].live
         reason = _not_ours(live, app)
@@ -98,7 +104,9 @@ def prune(
             kept.append(ref)
             continue
         deleted.append(ref)
-    return PruneResult(deleted=tuple(deleted), skipped=tuple(skipped), kept=tuple(kept))
+    return PruneResult(
+        deleted=tuple(deleted), skipped=tuple(skipped), kept=tuple(kept), guard=guard
+    )
 
 
 def _not_ours(live: dict[str, object] | None, app: str) -> str:

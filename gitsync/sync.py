@@ -1,13 +1,19 @@
 """One reconcile of one app: fetch → render → plan → apply → gate → prune | rollback → record.
 
 Each step is its own module; this one only sequences them, logs stable events and
-decides what the state Secret records. Nothing is written before the whole set has
-rendered and every object has passed a server-side dry-run; nothing is pruned before the
-new revision is healthy; a revision that fails its gate is rolled back and quarantined.
+decides what the state records. Nothing is written before the whole set has rendered and
+every object has passed a server-side dry-run, except objects that cannot be dry-run yet
+(custom resources of a CRD and objects in a Namespace the same commit creates), which the
+API validates when their stage is applied. Before the first write, the state records what
+the sync may create or take over (write-ahead), so a crash at any point leaves nothing
+that the next sync cannot find. Nothing is pruned before the new revision is healthy; a
+revision that fails its gate is rolled back and quarantined, and every outcome, a
+rollback that fails or raises included, is recorded.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from dataclasses import dataclass, field, replace
@@ -17,17 +23,17 @@ from typing import Any
 from gitsync import events, inventory, log
 from gitsync.apply import AppliedSet, Failure, Progress, apply_plan
 from gitsync.config import AppConfig
-from gitsync.errors import ApplyError, GitSyncError
+from gitsync.errors import GitSyncError, KubeError, RenderError
 from gitsync.gate import ObjectHealth, Verdict, default_timeout, wait_healthy
 from gitsync.health import Health, Status
 from gitsync.inventory import AppState, InventoryEntry
 from gitsync.kube import Kube
-from gitsync.model import Identity, ManifestSet, Revision
-from gitsync.plan import Action, Plan, make_plan
+from gitsync.model import Identity, KubeObject, ManifestSet, ObjectRef, Revision
+from gitsync.plan import Action, Origin, Plan, make_plan
 from gitsync.prune import PruneResult, prune
 from gitsync.render import render
 from gitsync.rollback import quarantine as quarantine_commit
-from gitsync.rollback import roll_back
+from gitsync.rollback import restore_adopted, roll_back
 from gitsync.source import GitAuth, SourceSpec, fetch
 
 
@@ -45,7 +51,8 @@ class Prepared:
 class SyncResult:
     app: str
     revision: str
-    # synced | unchanged | failed | rolled-back | quarantined (skipped) | interrupted
+    # synced | unchanged | failed | rolled-back | degraded (rollback did not finish) |
+    # quarantined (skipped) | interrupted
     result: str
     counts: dict[str, int] = field(default_factory=dict)
     failures: tuple[Failure, ...] = ()
@@ -53,6 +60,8 @@ class SyncResult:
     prune_guard: str = ""
     seconds: float = 0.0
     rolled_back_to: str = ""
+    # The commit itself was refused before any write (bad input): `sync --once` exits 2.
+    refused: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -115,7 +124,8 @@ def sync_app(
 
 
 class _Run:
-    """One sync's shared context, so each step below stays a short method."""
+    """One sync's shared context; ``state`` is what the cluster holds, kept current by
+    ``persist``, the one path by which every outcome is recorded."""
 
     def __init__(
         self, app: AppConfig, ctx: Context, *, progress: Progress | None, force: bool
@@ -124,6 +134,8 @@ class _Run:
         self.progress, self.force = progress, force
         self.started = time.monotonic()
         self.log = log.get(app=app.name)
+        self.state = AppState(app=app.name)
+        self.stored = self.state  # what the cluster holds, as last read or written
 
     def result(self, sha: str, result: str, **kw: Any) -> SyncResult:
         return SyncResult(
@@ -134,29 +146,55 @@ class _Run:
             **kw,
         )
 
+    def persist(self, state: AppState) -> AppState:
+        self.state = self.stored = _store(self.ctx, state)
+        return self.state
+
     def run(self) -> SyncResult:
         app = self.app
         self.log.info("sync.started", repo=app.repo, ref=app.ref, path=app.path)
         try:
             revision, manifests = prepare_render(app, self.ctx)
-            state = inventory.read_state(
+        except GitSyncError as e:
+            return self.refused("prepare", "", e, refused=isinstance(e, RenderError))
+        self.log = self.log.bind(revision=revision.sha[:12])
+        try:
+            self.state = self.stored = inventory.read_state(
                 self.kube, app=app.name, namespace=self.ctx.state_namespace
             )
-            self.log = self.log.bind(revision=revision.sha[:12])
-            if revision.sha in state.quarantined and not self.force:
-                self.log.info("sync.skipped", reason="commit is quarantined after a rollback")
-                return self.result(revision.sha, "quarantined")
-            plan = make_plan(manifests, kube=self.kube, app=app.name, state=state)
         except GitSyncError as e:
-            # Fetch, render or a dry-run refused the commit: nothing was written.
-            stage = "plan" if isinstance(e, ApplyError) else "prepare"
-            self.log.error("sync.failed", stage=stage, error=str(e))
-            return self.result("", "failed", error=str(e))
+            self.log.error("sync.failed", stage="state", error=str(e))
+            return self.result(revision.sha, "failed", error=str(e))
+        state = self.state
+        if revision.sha in state.quarantined and not self.force:
+            if state.degraded:
+                return self.retry_rollback(revision.sha)
+            self.log.info("sync.skipped", reason="commit is quarantined after a rollback")
+            return self.result(revision.sha, "quarantined")
+        try:
+            plan = make_plan(manifests, kube=self.kube, app=app.name, state=state)
+            inventory.check_fits(_projected(state, revision.sha, plan, manifests))
+        except GitSyncError as e:
+            # A dry-run refused the commit, or its state could not be recorded: no writes.
+            return self.refused("plan", revision.sha, e, refused=not isinstance(e, KubeError))
         prep = Prepared(revision=revision, manifests=manifests, state=state, plan=plan)
         if self.ctx.cancelled:
             self.log.info("sync.interrupted", stage="plan", reason="shutting down; nothing written")
             return self.result(revision.sha, "interrupted")
         return self.apply(prep)
+
+    def refused(self, stage: str, sha: str, error: GitSyncError, *, refused: bool) -> SyncResult:
+        """Nothing was written: log it and, when the state is readable, record it once."""
+        self.log.error("sync.failed", stage=stage, error=str(error))
+        with contextlib.suppress(GitSyncError):
+            if not sha:
+                self.state = self.stored = inventory.read_state(
+                    self.kube, app=self.app.name, namespace=self.ctx.state_namespace
+                )
+            last = self.state.history[-1] if self.state.history else None
+            if last is None or (last.sha, last.result, last.reason) != (sha, "failed", str(error)):
+                self.persist(self.state.with_history(sha, "failed", reason=str(error)))
+        return self.result(sha, "failed", error=str(error), refused=refused)
 
     def apply(self, prep: Prepared) -> SyncResult:
         rev = prep.revision
@@ -164,6 +202,7 @@ class _Run:
             self.log.warning("render.lint", message=warning)
         counts = prep.plan.counts()
         self.log.info("sync.planned", **counts)
+        self.write_ahead(prep.plan)
         applied = apply_plan(prep.plan, kube=self.kube, progress=self.progress)
         by_id = {c.ref.identity(): c for c in prep.plan.changes}
         for ref in applied.written:  # in the order they were applied
@@ -176,40 +215,76 @@ class _Run:
                 fields=len(change.diff),
             )
         # What we own now: everything applied, plus everything we owned and did not delete.
-        state = _record(prep.state, rev.sha, applied.entries, keep=prep.state.inventory)
+        self.state = _record(self.state, rev.sha, applied.entries, keep=self.state.inventory)
         if not applied.ok:
-            for f in applied.failures:
-                self.log.error("apply.failed", object=str(f.ref), source=f.source, error=f.message)
-            if applied.written and self.app.rollback.enabled:
-                # Part of the commit landed: put the healthy revision back rather than leave
-                # the app half-applied. Quarantine only if the API refused the commit itself.
-                verdict = Verdict(
-                    healthy=False,
-                    failed=tuple(
-                        ObjectHealth(ref=f.ref, health=Health(Status.FAILED, f.message))
-                        for f in applied.failures
-                    ),
-                )
-                permanent = all(f.permanent for f in applied.failures)
-                return self.failed_gate(
-                    prep, state, applied, verdict, counts, quarantine=permanent, event="ApplyFailed"
-                )
-            reason = str(applied.failures[0])
-            _store(self.ctx, state.with_history(rev.sha, "failed", reason=reason))
-            return self.result(
-                rev.sha, "failed", counts=counts, failures=applied.failures, error=reason
-            )
-        if applied.written or prep.state.healthy_revision != rev.sha:
+            return self.apply_failed(prep, applied, counts)
+        if applied.written or prep.state.healthy_revision != rev.sha or self.state.pending:
             verdict = self.gate(applied)
             if verdict.interrupted:
                 # Applied but not judged: the next sync (maybe another replica's) gates again,
                 # because healthy_revision still names the previous commit.
                 self.log.warning("sync.interrupted", stage="health", reason="shutting down")
-                _store(self.ctx, state.with_history(rev.sha, "interrupted"))
+                self.persist(self.state.with_history(rev.sha, "interrupted"))
                 return self.result(rev.sha, "interrupted", counts=counts)
             if not verdict.healthy:
-                return self.failed_gate(prep, state, applied, verdict, counts)
+                return self.failed_gate(prep, verdict, counts)
         return self.finish(prep, applied, counts)
+
+    def write_ahead(self, plan: Plan) -> None:
+        """Record what this sync may create or take over before it writes anything, so a
+        crash anywhere after leaves nothing a later sync cannot find."""
+        state = self.state
+        known = {e.ref.identity() for e in (*state.inventory, *state.pending)}
+        adopted_known = {ObjectRef.of(o).identity() for o in state.adopted}
+        creates = [
+            InventoryEntry(ref=c.ref)
+            for c in plan.changes
+            if c.action is Action.CREATE and c.ref.identity() not in known
+        ]
+        adopts = [
+            _prior(c.live)
+            for c in plan.changes
+            if c.action in (Action.UPDATE, Action.UNCHANGED)
+            and c.live is not None
+            and c.ref.identity() not in known
+            and c.ref.identity() not in adopted_known
+        ]
+        if creates or adopts:
+            self.persist(
+                replace(
+                    state,
+                    pending=(*state.pending, *creates),
+                    adopted=(*state.adopted, *adopts),
+                )
+            )
+
+    def apply_failed(
+        self, prep: Prepared, applied: AppliedSet, counts: dict[str, int]
+    ) -> SyncResult:
+        rev = prep.revision
+        for f in applied.failures:
+            self.log.error("apply.failed", object=str(f.ref), source=f.source, error=f.message)
+        reason = str(applied.failures[0])
+        permanent = all(f.permanent for f in applied.failures)
+        if permanent and applied.written and self.app.rollback.enabled:
+            # The API refused part of the commit after the rest landed: put the healthy
+            # revision back rather than leave the app half-applied, and quarantine it.
+            verdict = Verdict(
+                healthy=False,
+                failed=tuple(
+                    ObjectHealth(ref=f.ref, health=Health(Status.FAILED, f.message))
+                    for f in applied.failures
+                ),
+            )
+            return self.failed_gate(prep, verdict, counts, event="ApplyFailed")
+        if not permanent:
+            # The API server or the network failed, not the commit: no rollback, no
+            # quarantine; the next sync converges from the write-ahead record.
+            self.log.warning("sync.transient", reason=reason)
+        self.persist(self.state.with_history(rev.sha, "failed", reason=reason))
+        return self.result(
+            rev.sha, "failed", counts=counts, failures=applied.failures, error=reason
+        )
 
     def gate(self, applied: AppliedSet) -> Verdict:
         objects = list(applied.objects)
@@ -238,24 +313,37 @@ class _Run:
     def finish(self, prep: Prepared, applied: AppliedSet, counts: dict[str, int]) -> SyncResult:
         """Healthy: prune, remember this revision as the one to roll back to."""
         rev = prep.revision
+        state = self.state
+        desired = {m.ref.identity() for m in prep.manifests.manifests}
+        released = [o for o in state.adopted if ObjectRef.of(o).identity() not in desired]
+        restored = restore_adopted(self.kube, released)
+        for ref in restored:
+            self.log.info("sync.released", object=str(ref), why="adopted by an unsettled sync")
         pruned = self.prune(prep)
         kept = {r.identity() for r in pruned.kept}
         state = _record(
-            prep.state,
+            state,
             rev.sha,
             applied.entries,
             keep=tuple(e for e in prep.state.inventory if e.ref.identity() in kept),
         )
+        quarantined = tuple(q for q in state.quarantined if q != rev.sha or not self.force)
+        if quarantined != state.quarantined:
+            self.log.info("commit.released", commit=rev.sha, why="forced sync passed its gate")
         state = replace(
             state,
             healthy_revision=rev.sha,
             healthy_manifests=tuple(m.obj for m in prep.manifests.manifests),
+            quarantined=quarantined,
+            pending=(),
+            adopted=(),
+            degraded="",
         )
-        changed = bool(applied.written or pruned.deleted)
+        changed = bool(applied.written or pruned.deleted or restored)
         if changed or prep.state.revision != rev.sha:
             state = state.with_history(rev.sha, "synced")
-        if state != prep.state:
-            _store(self.ctx, state)
+        if state != self.stored:
+            self.persist(state)
         counts = {k: v for k, v in counts.items() if k != "prune"} | {"pruned": len(pruned.deleted)}
         result = "synced" if changed else "unchanged"
         out = self.result(rev.sha, result, counts=counts, prune_guard=pruned.guard)
@@ -271,12 +359,23 @@ class _Run:
         return out
 
     def prune(self, prep: Prepared) -> PruneResult:
-        """Delete what left Git; a disabled prune keeps every leftover in the inventory."""
+        """Delete what left Git; a disabled prune keeps every leftover in the inventory.
+
+        Adopted objects released above are not candidates: they were never ours to delete.
+        """
         app = self.app
+        adopted = {ObjectRef.of(o).identity() for o in self.state.adopted}
+        changes = [c for c in prep.plan.changes if c.ref.identity() not in adopted]
         if not app.prune.enabled:
-            return PruneResult(kept=tuple(c.ref for c in prep.plan.by_action(Action.PRUNE)))
+            return PruneResult(
+                kept=tuple(
+                    c.ref
+                    for c in changes
+                    if c.action is Action.PRUNE and c.origin is Origin.INVENTORY
+                )
+            )
         pruned = prune(
-            prep.plan.changes,
+            changes,
             kube=self.kube,
             app=app.name,
             desired_count=len(prep.manifests),
@@ -295,100 +394,119 @@ class _Run:
     def failed_gate(
         self,
         prep: Prepared,
-        state: AppState,
-        applied: AppliedSet,
         verdict: Verdict,
         counts: dict[str, int],
         *,
-        quarantine: bool = True,
         event: str = "HealthFailed",
     ) -> SyncResult:
-        """Unhealthy (or half-applied): roll back to the last healthy revision, or report."""
+        """Unhealthy (or refused half-way): roll back to the last healthy revision."""
         label = "health gate" if event == "HealthFailed" else "apply failed"
         bad = prep.revision.sha
+        state = self.state
         culprit = verdict.culprit
         reason = verdict.reason
         if culprit is not None:
             events.emit(self.kube, involved=culprit.ref, reason=event, message=reason, warning=True)
         if not self.app.rollback.enabled:
-            _store(self.ctx, state.with_history(bad, "unhealthy", reason=reason))
+            self.persist(state.with_history(bad, "unhealthy", reason=reason))
             return self.result(bad, "failed", counts=counts, error=f"{label}: {reason}")
-        if quarantine:
-            state = quarantine_commit(state, bad)
-            self.log.warning("commit.quarantined", commit=bad, reason=reason)
+        state = quarantine_commit(state, bad)
+        self.log.warning("commit.quarantined", commit=bad, reason=reason)
         if not state.healthy_revision or not state.healthy_manifests:
             self.log.error("rollback.skipped", reason="no healthy revision to roll back to")
-            _store(self.ctx, state.with_history(bad, "failed", reason=reason))
+            self.persist(state.with_history(bad, "failed", reason=reason))
             return self.result(bad, "failed", counts=counts, error=f"{label}: {reason}")
-        return self.roll_back(prep, state, applied, verdict, counts, label=label)
-
-    def roll_back(
-        self,
-        prep: Prepared,
-        state: AppState,
-        applied: AppliedSet,
-        verdict: Verdict,
-        counts: dict[str, int],
-        *,
-        label: str,
-    ) -> SyncResult:
-        bad, good = prep.revision.sha, state.healthy_revision
-        culprit = verdict.culprit
         self.log.warning(
             "rollback.started",
             from_revision=bad,
-            to_revision=good,
+            to_revision=state.healthy_revision,
             object=str(culprit.ref) if culprit else "",
-            reason=verdict.reason,
+            reason=reason,
         )
-        before = {e.ref.identity() for e in prep.state.inventory}
-        created = frozenset(r.identity() for r in applied.written if r.identity() not in before)
+        # Recorded before the first rollback write: a crash from here on resumes the
+        # rollback on the next poll instead of re-applying the quarantined commit.
+        self.persist(replace(state, degraded=f"rolling back from {bad[:12]}: {reason}"))
+        out = self.roll_back(bad, reason, culprit.ref if culprit else None)
+        return replace(out, counts=counts, error=f"{label}: {reason}")
+
+    def retry_rollback(self, bad: str) -> SyncResult:
+        """The last rollback did not finish: try it again, never the quarantined commit."""
+        reason = self.state.degraded
+        good = self.state.healthy_revision
+        self.log.warning("rollback.retry", from_revision=bad, to_revision=good, reason=reason)
+        return self.roll_back(bad, reason, None)
+
+    def roll_back(self, bad: str, reason: str, culprit: ObjectRef | None) -> SyncResult:
+        state = self.state
+        good = state.healthy_revision
         timeout = self.app.health.timeout or default_timeout(state.healthy_manifests)
-        result = roll_back(
-            kube=self.kube, app=self.app.name, state=state, created=created, timeout=timeout
-        )
-        state = replace(state, revision=good, inventory=result.inventory)
+        try:
+            result = roll_back(
+                kube=self.kube,
+                app=self.app.name,
+                state=state,
+                timeout=timeout,
+                cancel=self.ctx.cancel,
+            )
+        except GitSyncError as e:
+            return self.rollback_failed(bad, f"rollback raised: {e}")
         for ref in result.deleted:
             self.log.info("prune.deleted", object=str(ref), during="rollback")
+        for ref in result.restored:
+            self.log.info("sync.released", object=str(ref), during="rollback")
         for ref in result.restarted_pods:
             self.log.info("rollback.pod_replaced", object=str(ref), why="stuck on bad revision")
-        message = f"rolled back from {bad[:12]} to {good[:12]}: {verdict.reason}"
-        if result.ok:
-            self.log.warning(
-                "rollback.done",
-                from_revision=bad,
-                to_revision=good,
-                object=str(culprit.ref) if culprit else "",
-                reason=verdict.reason,
-                deleted=len(result.deleted),
-            )
-            if culprit is not None:
-                events.emit(
-                    self.kube,
-                    involved=culprit.ref,
-                    reason="RolledBack",
-                    message=message,
-                    warning=True,
-                )
-            state = state.with_history(bad, "rolled-back", reason=verdict.reason)
-        else:
-            why = (
-                str(result.applied.failures[0])
-                if result.applied.failures
-                else result.verdict.reason
-                if result.verdict
-                else "unknown"
-            )
-            self.log.error("rollback.failed", from_revision=bad, to_revision=good, reason=why)
-            state = state.with_history(bad, "rollback-failed", reason=why)
-        _store(self.ctx, state)
-        return self.result(
-            bad,
-            "rolled-back" if result.ok else "failed",
-            counts=counts,
-            error=f"{label}: {verdict.reason}",
-            rolled_back_to=good if result.ok else "",
+        state = replace(state, inventory=result.inventory)
+        if not result.ok:
+            self.state = state
+            return self.rollback_failed(bad, result.reason)
+        self.log.warning(
+            "rollback.done",
+            from_revision=bad,
+            to_revision=good,
+            object=str(culprit) if culprit else "",
+            reason=reason,
+            deleted=len(result.deleted),
         )
+        if culprit is not None:
+            message = f"rolled back from {bad[:12]} to {good[:12]}: {reason}"
+            events.emit(
+                self.kube, involved=culprit, reason="RolledBack", message=message, warning=True
+            )
+        self.persist(
+            replace(state, revision=good, pending=(), adopted=(), degraded="").with_history(
+                bad, "rolled-back", reason=reason
+            )
+        )
+        return self.result(bad, "rolled-back", rolled_back_to=good)
+
+    def rollback_failed(self, bad: str, why: str) -> SyncResult:
+        """Degraded: the quarantine and the write-ahead record stay, the next poll retries."""
+        good = self.state.healthy_revision
+        self.log.error("rollback.failed", from_revision=bad, to_revision=good, reason=why)
+        state = replace(self.state, degraded=f"rollback from {bad[:12]} failed: {why}")
+        with contextlib.suppress(GitSyncError):
+            self.persist(state.with_history(bad, "rollback-failed", reason=why))
+        return self.result(bad, "degraded", error=why)
+
+
+def _prior(live: KubeObject) -> KubeObject:
+    """What an adopted object looked like before gitsync, without volatile status."""
+    return {k: v for k, v in live.items() if k != "status"}
+
+
+def _projected(state: AppState, sha: str, plan: Plan, manifests: ManifestSet) -> AppState:
+    """The largest state this sync may record, to refuse an app that cannot be recorded."""
+    entries = [
+        InventoryEntry(ref=c.ref, manifest_hash="0" * 64, fingerprint="0" * 64)
+        for c in plan.changes
+    ]
+    return replace(
+        state,
+        revision=sha,
+        inventory=(*state.inventory, *entries),
+        healthy_manifests=tuple(m.obj for m in manifests.manifests),
+    )
 
 
 def _record(
