@@ -240,7 +240,7 @@ def _sync(args: argparse.Namespace) -> int:
     for app in apps:
         result = sync_app(app, ctx, progress=progress, force=args.force)
         c = result.counts
-        if result.result in ("failed", "rolled-back", "degraded"):
+        if result.result in ("failed", "rolled-back", "degraded", "timed-out"):
             failed = True
             back = (
                 f" (rolled back to {result.rolled_back_to[:12]})" if result.rolled_back_to else ""

@@ -45,8 +45,9 @@ from gitsync.leader import LeaderElector, LeaseSpec, default_identity
 from gitsync.server import Server, WebhookSettings
 from gitsync.sync import Context, SyncResult, sync_app
 
-# Retried with backoff; "degraded" is a rollback that did not finish.
-FAILED_RESULTS = frozenset({"failed", "degraded"})
+# Retried with backoff: "degraded" is a rollback that did not finish, "timed-out" a gate
+# that saw no failure yet (checked again soon rather than at the next interval).
+FAILED_RESULTS = frozenset({"failed", "degraded", "timed-out"})
 STUCK_AFTER_DEFAULT = 1800.0  # a gate plus a rollback gate at the default deadline, twice
 
 
@@ -383,6 +384,7 @@ class Controller:
                 True,
             ),
             "quarantined": ("Quarantined", f"{sha} is quarantined after a rollback; skipped", True),
+            "timed-out": ("HealthTimeout", result.error or "health gate timed out", True),
             "degraded": ("Degraded", f"rollback from {sha} did not finish: {result.error}", True),
         }.get(result.result, ("Synced", result.result, False))
         # Keyed without the error text: it often carries timings that differ every try.

@@ -50,6 +50,13 @@ class Verdict:
     seconds: float = 0.0
     # The wait was cut short by shutdown: no verdict on health either way.
     interrupted: bool = False
+    # Unchanged by the commit and already unhealthy before it: reported, never blamed.
+    preexisting: tuple[ObjectHealth, ...] = ()
+
+    @property
+    def timed_out(self) -> bool:
+        """Still progressing at the deadline, with no failure signal."""
+        return not self.healthy and not self.failed and not self.interrupted
 
     @property
     def culprit(self) -> ObjectHealth | None:
@@ -65,13 +72,27 @@ class Verdict:
 
 
 def default_timeout(objects: Iterable[KubeObject]) -> float:
-    """The largest Deployment progress deadline plus a margin."""
-    deadlines = [
-        (o.get("spec") or {}).get("progressDeadlineSeconds", DEFAULT_PROGRESS_DEADLINE)
-        for o in objects
-        if o.get("kind") == "Deployment"
-    ]
-    return float(max(deadlines, default=60)) + MARGIN_SECONDS
+    """The longest deadline any workload in the set gives itself, plus a margin.
+
+    Deployments and Jobs carry their own (``progressDeadlineSeconds``,
+    ``activeDeadlineSeconds``); StatefulSets and DaemonSets have none, so they get the
+    Deployment default stretched by ``minReadySeconds`` per replica.
+    """
+    deadlines = [_deadline(o) for o in objects]
+    return float(max((d for d in deadlines if d is not None), default=60)) + MARGIN_SECONDS
+
+
+def _deadline(obj: KubeObject) -> float | None:
+    spec = obj.get("spec") or {}
+    kind = obj.get("kind")
+    if kind == "Deployment":
+        return float(spec.get("progressDeadlineSeconds", DEFAULT_PROGRESS_DEADLINE))
+    if kind == "Job":
+        return float(spec.get("activeDeadlineSeconds", DEFAULT_PROGRESS_DEADLINE))
+    if kind in ("StatefulSet", "DaemonSet"):
+        replicas = int(spec.get("replicas", 1) or 1)
+        return DEFAULT_PROGRESS_DEADLINE + float(spec.get("minReadySeconds", 0)) * replicas
+    return None
 
 
 class _Watch(threading.Thread):
@@ -207,18 +228,29 @@ def wait_healthy(
     on_progress: Progress | None = None,
     progress_every: float = 5.0,
     cancel: threading.Event | None = None,
+    unchanged: frozenset[Identity] = frozenset(),
 ) -> Verdict:
     """Block until all ``objects`` are Current (healthy), one is Failed, or time runs out.
 
     ``cancel`` (the controller's shutdown) ends the wait within a second with an
-    ``interrupted`` verdict, which is neither healthy nor a reason to roll back.
+    ``interrupted`` verdict, which is neither healthy nor a reason to roll back. Objects in
+    ``unchanged`` (the commit did not write them) that are already unhealthy when the wait
+    starts are set aside as ``preexisting``: a commit is judged on what it changed.
     """
     started = time.monotonic()
     gate = _Gate(kube, objects)
     verdicts = gate.judge()
+    preexisting = tuple(
+        ObjectHealth(ref=ObjectRef.of(gate.state[i]), health=h)
+        for i, h in sorted(verdicts.items())
+        if i in unchanged and h.status is not Status.CURRENT
+    )
+    for o in preexisting:
+        gate.state.pop(o.ref.identity())
+        verdicts.pop(o.ref.identity())
     counts = _counts(verdicts)
     if counts[Status.FAILED] or not counts[Status.IN_PROGRESS]:
-        return _verdict(gate.state, verdicts, started)
+        return replace(_verdict(gate.state, verdicts, started), preexisting=preexisting)
     gate.watch(i for i, h in verdicts.items() if h.status is Status.IN_PROGRESS)
     last_report = time.monotonic()
     try:
@@ -229,7 +261,8 @@ def wait_healthy(
             if counts[Status.FAILED] or not counts[Status.IN_PROGRESS]:
                 break
             if cancel is not None and cancel.is_set():
-                return replace(_verdict(gate.state, verdicts, started), interrupted=True)
+                verdict = _verdict(gate.state, verdicts, started)
+                return replace(verdict, interrupted=True, preexisting=preexisting)
             if on_progress and time.monotonic() - last_report >= progress_every:
                 last_report = time.monotonic()
                 on_progress(
@@ -237,7 +270,7 @@ def wait_healthy(
                 )
     finally:
         gate.stop.set()
-    return _verdict(gate.state, verdicts, started)
+    return replace(_verdict(gate.state, verdicts, started), preexisting=preexisting)
 
 
 def _applied_at(obj: KubeObject) -> str:

@@ -51,8 +51,8 @@ class Prepared:
 class SyncResult:
     app: str
     revision: str
-    # synced | unchanged | failed | rolled-back | degraded (rollback did not finish) |
-    # quarantined (skipped) | interrupted
+    # synced | unchanged | failed | timed-out (gate deadline, no failure signal) |
+    # rolled-back | degraded (rollback did not finish) | quarantined (skipped) | interrupted
     result: str
     counts: dict[str, int] = field(default_factory=dict)
     failures: tuple[Failure, ...] = ()
@@ -226,6 +226,12 @@ class _Run:
                 self.log.warning("sync.interrupted", stage="health", reason="shutting down")
                 self.persist(self.state.with_history(rev.sha, "interrupted"))
                 return self.result(rev.sha, "interrupted", counts=counts)
+            if verdict.timed_out:
+                # Still progressing with no failure signal: not known to be bad, so neither
+                # rolled back nor quarantined; the next poll gates it again.
+                reason = verdict.reason
+                self.persist(self.state.with_history(rev.sha, "timed-out", reason=reason))
+                return self.result(rev.sha, "timed-out", counts=counts, error=reason)
             if not verdict.healthy:
                 return self.failed_gate(prep, verdict, counts)
         return self.finish(prep, applied, counts)
@@ -293,15 +299,29 @@ class _Run:
         def report(current: int, waiting: int, failed: int) -> None:
             self.log.info("health.waiting", current=current, waiting=waiting, failed=failed)
 
+        written = {r.identity() for r in applied.written}
+        unchanged = frozenset(ObjectRef.of(o).identity() for o in objects) - written
         verdict = wait_healthy(
-            self.kube, objects, timeout=timeout, on_progress=report, cancel=self.ctx.cancel
+            self.kube,
+            objects,
+            timeout=timeout,
+            on_progress=report,
+            cancel=self.ctx.cancel,
+            unchanged=unchanged,
         )
+        for o in verdict.preexisting:
+            self.log.warning(
+                "health.preexisting",
+                object=str(o.ref),
+                reason=o.health.reason,
+                why="unchanged by this commit and unhealthy before it",
+            )
         if verdict.healthy:
             self.log.info("health.passed", objects=len(objects), seconds=round(verdict.seconds, 2))
         elif not verdict.interrupted:
             culprit = verdict.culprit
             self.log.error(
-                "health.failed",
+                "health.timeout" if verdict.timed_out else "health.failed",
                 object=str(culprit.ref) if culprit else "",
                 reason=verdict.reason,
                 failed=len(verdict.failed),

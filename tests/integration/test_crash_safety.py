@@ -21,43 +21,11 @@ from gitsync.model import APP_LABEL
 from gitsync.rollback import quarantine
 from tests.support.app_fixtures import App, ref
 from tests.support.cluster_fixtures import Kubectl, wait_until
+from tests.support.manifests import NAMESPACE, config_maps, deployment
 
 pytestmark = [pytest.mark.cluster, pytest.mark.git]
 
 BIG = 1000
-NAMESPACE = "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"
-
-
-def config_maps(prefix: str, count: int, value: str = "v") -> str:
-    return "".join(
-        f"---\napiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {prefix}-{i}\n"
-        f"  namespace: {{ns}}\ndata:\n  key: {value}\n"
-        for i in range(count)
-    )
-
-
-def deployment(*, behavior: str = "", image: str = "registry.invalid/web:1") -> str:
-    extra = f"\n        gitsync.test/behavior: {behavior}" if behavior else ""
-    return f"""\
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-  namespace: {{ns}}
-spec:
-  replicas: 1
-  selector:
-    matchLabels:
-      app: web
-  template:
-    metadata:
-      labels:
-        app: web{extra}
-    spec:
-      containers:
-        - name: web
-          image: {image}
-"""
 
 
 def base_tree() -> dict[str, str]:
