@@ -94,6 +94,8 @@ class AppConfig(_Model):
     rollback: RollbackConfig = RollbackConfig()
     auth: AuthConfig | None = None
     ignore: tuple[IgnoreRule, ...] = ()
+    # Other gitsync apps whose objects this app may take over (default: none).
+    adopt_from: tuple[str, ...] = Field(default=(), alias="adoptFrom")
 
     @field_validator("name")
     @classmethod

@@ -29,6 +29,7 @@ from gitsync.model import (
     ManifestSet,
     ObjectRef,
 )
+from gitsync.ownership import Owners
 
 MASK = "***"
 _VOLATILE_META = (
@@ -204,11 +205,13 @@ def make_plan(
     kube: Kube,
     app: str,
     state: AppState,
+    owners: Owners | None = None,
     workers: int = 16,
 ) -> Plan:
     """Compare the desired set with the cluster; only ``kube`` reads, nothing is written.
 
-    Discovery is taken as cached: the caller refreshed it before rendering.
+    Discovery is taken as cached: the caller refreshed it before rendering. With
+    ``owners``, an object another gitsync app owns is refused, naming both apps.
     """
     known: dict[Identity, InventoryEntry] = {e.ref.identity(): e for e in state.inventory}
     desired_ids = {m.ref.identity() for m in manifests.manifests}
@@ -265,11 +268,33 @@ def make_plan(
                 failures.append((f"{m.source}: {m.ref}", str(result)))
             else:
                 changes.append(result)
+    if owners is not None:
+        failures.extend(_taken(changes, live, owners, app))
     if failures:
         raise ApplyError(failures)
     changes.extend(_deferred(m) for m in deferred)
     changes.extend(_prune_candidates(state, desired_ids, stale, unsettled, live))
     return Plan(changes=tuple(changes))
+
+
+def _taken(
+    changes: Iterable[Change], live: LiveIndex, owners: Owners, app: str
+) -> list[tuple[str, str]]:
+    """Objects that exist without this app's label and that another app owns."""
+    out = []
+    for c in changes:
+        if c.live is None or c.ref.identity() in live.objects:
+            continue
+        other = owners.conflict(c.ref.identity(), c.live)
+        if other:
+            out.append(
+                (
+                    f"{c.source}: {c.ref}",
+                    f"managed by gitsync app {other!r}; app {app!r} may not take it "
+                    f"(to allow it, set adoptFrom: [{other}] on app {app!r})",
+                )
+            )
+    return out
 
 
 def _prune_candidates(

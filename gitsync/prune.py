@@ -1,7 +1,8 @@
 """Delete what left the desired set, and only what is provably ours.
 
-An object is deleted only if (1) the app's inventory lists it, (2) its live labels say
-gitsync manages it for this app, and (3) it does not say ``gitsync.io/prune: "false"``.
+An object is deleted only if (1) the app's state lists it (or, as a backstop, it carries
+the app's label), (2) its live labels say gitsync manages it for this app, (3) no other
+app's state lists it, and (4) it does not say ``gitsync.io/prune: "false"``.
 Deletes carry the uid seen, so an object recreated by someone else is never hit. Two
 guards catch a broken render: an empty desired set, or one that would delete more than
 half the app, prunes nothing unless the app opts in.
@@ -22,6 +23,7 @@ from gitsync.model import (
     PRUNE_ANNOTATION,
     ObjectRef,
 )
+from gitsync.ownership import Owners
 from gitsync.plan import Action, Change, Origin
 
 
@@ -68,6 +70,7 @@ def prune(
     inventory_count: int,
     allow_empty: bool = False,
     allow_mass: bool = False,
+    owners: Owners | None = None,
 ) -> PruneResult:
     """Delete the plan's prune candidates in reverse dependency order.
 
@@ -93,6 +96,9 @@ def prune(
     for ref in order.prune_order([c.ref for c in candidates]):
         live = by_id[ref.identity()].live
         reason = _not_ours(live, app)
+        other = owners.listed_by(ref.identity()) if owners is not None and not reason else ""
+        if other:
+            reason = f"app {other!r} lists it too"
         if reason:
             skipped.append(Skipped(ref=ref, reason=reason))
             continue

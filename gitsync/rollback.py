@@ -19,6 +19,7 @@ from gitsync.gate import Verdict, wait_healthy
 from gitsync.inventory import AppState, InventoryEntry
 from gitsync.kube import Kube
 from gitsync.model import Identity, KubeObject, Manifest, ManifestSet, ObjectRef
+from gitsync.ownership import Owners
 from gitsync.plan import Action, make_plan
 from gitsync.prune import prune
 
@@ -64,6 +65,7 @@ def roll_back(
     state: AppState,
     timeout: float,
     cancel: threading.Event | None = None,
+    owners: Owners | None = None,
 ) -> RollbackResult:
     """Re-apply ``state``'s healthy manifests, undo the unsettled sync, wait for health.
 
@@ -74,7 +76,7 @@ def roll_back(
     """
     created = frozenset(e.ref.identity() for e in state.pending)
     manifests = healthy_set(state)
-    plan = make_plan(manifests, kube=kube, app=app, state=state)
+    plan = make_plan(manifests, kube=kube, app=app, state=state, owners=owners)
     applied = apply_plan(plan, kube=kube)
     if not applied.ok:
         return RollbackResult(applied=applied, deleted=(), verdict=None, inventory=state.inventory)
@@ -89,6 +91,7 @@ def roll_back(
         inventory_count=len(state.inventory),
         allow_empty=True,
         allow_mass=True,
+        owners=owners,
     )
     desired = {m.ref.identity() for m in manifests.manifests}
     restored = restore_adopted(kube, [o for o in state.adopted if _id(o) not in desired])

@@ -29,6 +29,7 @@ from gitsync.health import Health, Status
 from gitsync.inventory import AppState, InventoryEntry
 from gitsync.kube import Kube
 from gitsync.model import Identity, KubeObject, ManifestSet, ObjectRef, Revision
+from gitsync.ownership import Owners
 from gitsync.plan import Action, Origin, Plan, make_plan
 from gitsync.prune import PruneResult, prune
 from gitsync.render import render
@@ -112,8 +113,14 @@ def prepare(app: AppConfig, ctx: Context) -> Prepared:
     """Fetch, render and plan: reads only."""
     revision, manifests = prepare_render(app, ctx)
     state = inventory.read_state(ctx.kube, app=app.name, namespace=ctx.state_namespace)
-    plan = make_plan(manifests, kube=ctx.kube, app=app.name, state=state)
+    plan = make_plan(manifests, kube=ctx.kube, app=app.name, state=state, owners=owners(app, ctx))
     return Prepared(revision=revision, manifests=manifests, state=state, plan=plan)
+
+
+def owners(app: AppConfig, ctx: Context) -> Owners:
+    return Owners(
+        kube=ctx.kube, app=app.name, state_namespace=ctx.state_namespace, adopt_from=app.adopt_from
+    )
 
 
 def sync_app(
@@ -136,6 +143,7 @@ class _Run:
         self.log = log.get(app=app.name)
         self.state = AppState(app=app.name)
         self.stored = self.state  # what the cluster holds, as last read or written
+        self.owners = owners(app, ctx)
 
     def result(self, sha: str, result: str, **kw: Any) -> SyncResult:
         return SyncResult(
@@ -172,7 +180,9 @@ class _Run:
             self.log.info("sync.skipped", reason="commit is quarantined after a rollback")
             return self.result(revision.sha, "quarantined")
         try:
-            plan = make_plan(manifests, kube=self.kube, app=app.name, state=state)
+            plan = make_plan(
+                manifests, kube=self.kube, app=app.name, state=state, owners=self.owners
+            )
             inventory.check_fits(_projected(state, revision.sha, plan, manifests))
         except GitSyncError as e:
             # A dry-run refused the commit, or its state could not be recorded: no writes.
@@ -402,6 +412,7 @@ class _Run:
             inventory_count=len(prep.state.inventory),
             allow_empty=app.prune.allow_empty,
             allow_mass=app.prune.allow_mass_delete,
+            owners=self.owners,
         )
         if pruned.guard:
             self.log.warning("prune.guarded", reason=pruned.guard, kept=len(pruned.kept))
@@ -467,6 +478,7 @@ class _Run:
                 state=state,
                 timeout=timeout,
                 cancel=self.ctx.cancel,
+                owners=self.owners,
             )
         except GitSyncError as e:
             return self.rollback_failed(bad, f"rollback raised: {e}")

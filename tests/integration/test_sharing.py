@@ -1,0 +1,65 @@
+"""Several apps in one cluster: one never takes or deletes another's objects."""
+
+from __future__ import annotations
+
+import pytest
+
+from gitsync import inventory
+from gitsync.kube import Kube
+from gitsync.model import APP_LABEL
+from tests.support.app_fixtures import App, ref
+from tests.support.manifests import NAMESPACE, config_maps
+
+pytestmark = [pytest.mark.cluster, pytest.mark.git]
+
+SHARED = config_maps("shared", 1, value="{value}")
+
+
+def shared(value: str) -> str:
+    return SHARED.replace("{value}", value)
+
+
+def test_second_app_is_refused_and_the_object_unchanged(
+    app: App, neighbour: App, kube: Kube
+) -> None:
+    """Two apps declare one ConfigMap: the second is refused at plan, naming both apps and
+    the file:line, and nothing of it is written."""
+    app.commit({"ns.yaml": NAMESPACE, "cm.yaml": shared("from-a")})
+    assert app.sync().result == "synced"
+    before = kube.get(ref("ConfigMap", "shared-0", app.ns))
+    assert before is not None
+    neighbour.commit({"cm.yaml": shared("from-b"), "own.yaml": config_maps("b-own", 1)})
+    result = neighbour.sync()
+    assert result.result == "failed"
+    assert result.refused
+    assert f"managed by gitsync app {app.name!r}" in result.error
+    assert f"app {neighbour.name!r} may not take it" in result.error
+    assert "cm.yaml:2" in result.error
+    after = kube.get(ref("ConfigMap", "shared-0", app.ns))
+    assert after is not None
+    assert after["metadata"]["resourceVersion"] == before["metadata"]["resourceVersion"]
+    assert kube.get(ref("ConfigMap", "b-own-0", app.ns)) is None, "nothing of B was written"
+
+
+def test_adoption_when_allowed_and_prune_only_when_nobody_lists_it(
+    app: App, neighbour: App, kube: Kube
+) -> None:
+    """With adoptFrom the second app takes the object; the first dropping it does not
+    delete it, and the second dropping it does."""
+    app.commit({"ns.yaml": NAMESPACE, "cm.yaml": shared("from-a"), "a.yaml": config_maps("a", 3)})
+    assert app.sync().result == "synced"
+    neighbour.commit({"cm.yaml": shared("from-b"), "b.yaml": config_maps("b", 3)})
+    assert neighbour.sync(adoptFrom=[app.name]).result == "synced"
+    cm = ref("ConfigMap", "shared-0", app.ns)
+    live = kube.get(cm)
+    assert live is not None
+    assert live["data"] == {"key": "from-b"}
+    assert live["metadata"]["labels"][APP_LABEL] == neighbour.name
+    app.commit({"ns.yaml": NAMESPACE, "a.yaml": config_maps("a", 3)})
+    assert app.sync().result == "synced"
+    assert kube.get(cm) is not None, "app A deleted an object app B owns"
+    state = inventory.read_state(kube, app=app.name, namespace=app.ctx.state_namespace)
+    assert cm.identity() not in {e.ref.identity() for e in state.inventory}
+    neighbour.commit({"b.yaml": config_maps("b", 3)})
+    assert neighbour.sync(adoptFrom=[app.name]).result == "synced"
+    assert kube.get(cm) is None
