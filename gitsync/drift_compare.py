@@ -151,7 +151,7 @@ _PORT_KEYS: Final = (("containerPort", "protocol"), ("port", "protocol"))
 _SET_LISTS: Final = frozenset({"finalizers"})
 
 
-def _merge_key(name: str, items: list[Any]) -> tuple[str, ...]:
+def merge_key(name: str, items: list[Any]) -> tuple[str, ...]:
     """The fields that identify an item of list ``name``, or () if it is atomic."""
     if not items or not all(isinstance(it, dict) for it in items):
         return ()
@@ -248,7 +248,7 @@ def _list_differences(intent: list[Any], live: Any, parts: FieldPath) -> Iterato
         if missing:
             yield Difference(parts, intent, live)
         return
-    keys = _merge_key(name, intent)
+    keys = merge_key(name, intent)
     if not keys:
         if not _same(intent, live):
             yield Difference(parts, intent, live)
@@ -734,6 +734,7 @@ __all__ = [
     "deleted_report",
     "differences",
     "hpa_targets",
+    "merge_key",
     "owners",
     "path_text",
     "pointer_parts",

@@ -19,7 +19,7 @@ FieldsV1 = dict[str, Any]
 def apply_entry(obj: KubeObject, manager: str = FIELD_MANAGER) -> dict[str, Any] | None:
     """``manager``'s managedFields entry for Apply on the main resource, if any."""
     for entry in (obj.get("metadata") or {}).get("managedFields") or []:
-        if _is_apply_of(entry, manager):
+        if is_apply_of(entry, manager):
             found: dict[str, Any] = entry
             return found
     return None
@@ -120,7 +120,7 @@ def upgraded_managed_fields(obj: KubeObject, manager: str = FIELD_MANAGER) -> li
     mine = managed_entry(obj, manager) or {}
     for entry in csa:
         mine = merge_fields(mine, entry.get("fieldsV1") or {})
-    kept = [e for e in entries if e not in csa and not _is_apply_of(e, manager)]
+    kept = [e for e in entries if e not in csa and not is_apply_of(e, manager)]
     template = csa[0]
     upgraded = {
         "manager": manager,
@@ -133,7 +133,7 @@ def upgraded_managed_fields(obj: KubeObject, manager: str = FIELD_MANAGER) -> li
     return [*kept, upgraded]
 
 
-def _is_apply_of(entry: dict[str, Any], manager: str) -> bool:
+def is_apply_of(entry: dict[str, Any], manager: str) -> bool:
     return (
         entry.get("manager") == manager
         and entry.get("operation") == "Apply"

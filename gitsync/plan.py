@@ -14,8 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from deepdiff import DeepDiff
-
+from gitsync.drift_compare import ABSENT, FieldPath, differences, path_text
 from gitsync.errors import ApplyError, InvalidError, KubeError
 from gitsync.fields import content_hash, fingerprint
 from gitsync.inventory import AppState, InventoryEntry
@@ -66,6 +65,7 @@ class FieldDiff:
     path: str
     live: Any
     desired: Any
+    parts: FieldPath = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -125,48 +125,36 @@ def mask_secret(obj: Mapping[str, Any]) -> KubeObject:
     return out
 
 
-def _path(parts: Iterable[Any]) -> str:
-    text = ""
-    for p in parts:
-        if isinstance(p, int):
-            text += f"[{p}]"
-        else:
-            text += ("." if text else "") + str(p)
-    return text
-
-
 def diff_objects(live: Mapping[str, Any], desired: Mapping[str, Any]) -> tuple[FieldDiff, ...]:
-    """Field-level differences between two normalized objects, Secret values masked."""
+    """Field-level differences between two normalized objects, Secret values masked.
+
+    The same merge-key-aware comparison and field paths as drift
+    (``spec.template.spec.containers[name=web].image``): what ``gitsync diff`` shows is
+    what a sync changes, and what drift would report.
+    """
     live_n, desired_n = normalize(live), normalize(desired)
-    secret_changes: list[FieldDiff] = []
-    if _is_secret(desired_n):
-        live_data = live_n.get("data") or {}
-        for key, value in (desired_n.get("data") or {}).items():
-            if key in live_data and live_data[key] != value:
-                secret_changes.append(
-                    FieldDiff(path=f"data.{key}", live=MASK, desired=f"{MASK} (changed)")
-                )
-        live_n, desired_n = mask_secret(live_n), mask_secret(desired_n)
-    tree = DeepDiff(live_n, desired_n, view="tree", ignore_order=False)
-    out: list[FieldDiff] = []
-    for kind in (
-        "values_changed",
-        "type_changes",
-        "dictionary_item_added",
-        "dictionary_item_removed",
-        "iterable_item_added",
-        "iterable_item_removed",
-    ):
-        for level in tree.get(kind, []):
-            live_v = None if kind.endswith("_added") else level.t1
-            desired_v = None if kind.endswith("_removed") else level.t2
-            out.append(
-                FieldDiff(
-                    path=_path(level.path(output_format="list")), live=live_v, desired=desired_v
-                )
-            )
-    out.extend(secret_changes)
-    return tuple(sorted(out, key=lambda d: d.path))
+    secret = _is_secret(desired_n)
+    found: dict[FieldPath, FieldDiff] = {}
+    for d in differences(desired_n, live_n):
+        found[d.parts] = _field_diff(d.parts, live=d.live, desired=d.desired, secret=secret)
+    for d in differences(live_n, desired_n):  # what the apply removes
+        if d.parts not in found and not _under_any(d.parts, found):
+            found[d.parts] = _field_diff(d.parts, live=d.desired, desired=d.live, secret=secret)
+    return tuple(sorted(found.values(), key=lambda f: f.path))
+
+
+def _under_any(parts: FieldPath, found: Mapping[FieldPath, FieldDiff]) -> bool:
+    return any(parts[: len(p)] == p for p in found if len(p) < len(parts))
+
+
+def _field_diff(parts: FieldPath, *, live: Any, desired: Any, secret: bool) -> FieldDiff:
+    live_v = None if live is ABSENT else live
+    desired_v = None if desired is ABSENT else desired
+    if secret and parts[:1] in (("data",), ("stringData",)):
+        changed = live_v is not None and desired_v is not None
+        live_v = None if live_v is None else MASK
+        desired_v = None if desired_v is None else f"{MASK} (changed)" if changed else MASK
+    return FieldDiff(path=path_text(parts), live=live_v, desired=desired_v, parts=parts)
 
 
 # --- planning against the cluster -----------------------------------------------------
