@@ -13,7 +13,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from gitsync import order
+from gitsync import ignores, order
+from gitsync.drift_compare import FieldPath
 from gitsync.errors import InvalidError, KubeError
 from gitsync.fields import content_hash, fingerprint, upgraded_managed_fields
 from gitsync.inventory import InventoryEntry
@@ -121,10 +122,11 @@ def _entry(manifest: Manifest, live: KubeObject) -> InventoryEntry:
 
 
 def _apply_one(kube: Kube, change: Change, manifest: Manifest) -> KubeObject | Failure:
-    obj = manifest.obj
+    obj = change.body
     try:
         if change.live is not None:
-            _adopt_client_side_fields(kube, change.ref, change.live)
+            live = _adopt_client_side_fields(kube, change.ref, change.live)
+            _release(kube, change.ref, live, change.skipped)
         return kube.apply(obj)
     except InvalidError as e:
         annotations = obj.get("metadata", {}).get("annotations") or {}
@@ -145,17 +147,32 @@ def _apply_one(kube: Kube, change: Change, manifest: Manifest) -> KubeObject | F
         )
 
 
-def _adopt_client_side_fields(kube: Kube, ref: ObjectRef, live: KubeObject) -> None:
+def _adopt_client_side_fields(kube: Kube, ref: ObjectRef, live: KubeObject) -> KubeObject:
     """Take over what a client-side `kubectl apply` owns, so later removals in Git apply."""
     upgraded = upgraded_managed_fields(live)
     if upgraded is None:
-        return
+        return live
+    return _set_managed_fields(kube, ref, live, upgraded)
+
+
+def _release(kube: Kube, ref: ObjectRef, live: KubeObject, paths: tuple[FieldPath, ...]) -> None:
+    """Give up gitsync's claim on fields it stops sending, so the apply leaves their value
+    to whoever owns it instead of removing it (e.g. ``spec.replicas`` under an HPA)."""
+    released = ignores.release(live, FIELD_MANAGER, paths) if paths else None
+    if released is not None:
+        _set_managed_fields(kube, ref, live, released)
+
+
+def _set_managed_fields(
+    kube: Kube, ref: ObjectRef, live: KubeObject, entries: list[Any]
+) -> KubeObject:
+    """Replace managedFields, only if nobody wrote since ``live`` was read."""
     rv = str(live["metadata"].get("resourceVersion", ""))
     ops: list[dict[str, Any]] = [
         {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
-        {"op": "replace", "path": "/metadata/managedFields", "value": upgraded},
+        {"op": "replace", "path": "/metadata/managedFields", "value": entries},
     ]
-    kube.json_patch(ref, ops, manager=FIELD_MANAGER)
+    return kube.json_patch(ref, ops, manager=FIELD_MANAGER)
 
 
 def _api_message(e: KubeError) -> str:

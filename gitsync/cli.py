@@ -222,6 +222,8 @@ def _diff(args: argparse.Namespace) -> int:
             if change.action is Action.UPDATE:
                 for d in change.diff:
                     print(f"    {d.path}: {_fmt(d.live)} → {_fmt(d.desired)}")
+                for conflict in change.conflicts:
+                    print(f"    takes back from {conflict}")
         counts = prep.plan.counts()
         print(
             f"  {counts['create']} to create, {counts['update']} to update, "

@@ -9,13 +9,25 @@ sync recorded are ``unchanged`` without any call beyond one LIST per kind.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from gitsync.drift_compare import ABSENT, FieldPath, differences, path_text
-from gitsync.errors import ApplyError, InvalidError, KubeError
+from gitsync import ignores
+from gitsync.config import IgnoreRule
+from gitsync.drift_compare import (
+    ABSENT,
+    FieldPath,
+    Item,
+    differences,
+    hpa_targets,
+    ignored_by_annotation,
+    path_text,
+)
+from gitsync.errors import ApplyError, ConflictError, InvalidError, KubeError
 from gitsync.fields import content_hash, fingerprint
 from gitsync.inventory import AppState, InventoryEntry
 from gitsync.kube import Kube, Resource
@@ -80,6 +92,20 @@ class Change:
     deferred: bool = False
     # For PRUNE only: how the object is known to be the app's.
     origin: Origin = Origin.INVENTORY
+    # Fields left to others (ignore rules, an HPA, a controller): not sent, claim released.
+    skipped: tuple[FieldPath, ...] = ()
+    # What is sent when it differs from the manifest (the manifest without ``skipped``).
+    sent: KubeObject | None = field(default=None, repr=False, compare=False)
+    # Fields another manager owns that this apply takes back, e.g. 'kubectl-edit: .spec.x'.
+    conflicts: tuple[str, ...] = ()
+
+    @property
+    def body(self) -> KubeObject:
+        """What the apply sends."""
+        if self.sent is not None:
+            return self.sent
+        assert self.manifest is not None  # noqa: S101 - PRUNE changes are never sent
+        return self.manifest.obj
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -194,6 +220,7 @@ def make_plan(
     app: str,
     state: AppState,
     owners: Owners | None = None,
+    ignore: Sequence[IgnoreRule] = (),
     workers: int = 16,
 ) -> Plan:
     """Compare the desired set with the cluster; only ``kube`` reads, nothing is written.
@@ -226,6 +253,15 @@ def make_plan(
             resources.append(res)
     live = list_live(kube, app, resources)
     new_namespaces = _new_namespaces(kube, manifests, live)
+    autoscaled = _Autoscaled(kube, manifests)
+
+    def leave(m: Manifest) -> Callable[[KubeObject | None], tuple[FieldPath, ...]]:
+        return lambda current: ignores.skipped(
+            m.obj,
+            current,
+            rules=ignore,
+            autoscaled=current is not None and autoscaled(m.ref),
+        )
 
     def plan_one(item: tuple[Manifest, Resource]) -> Change:
         m, _res = item
@@ -237,7 +273,9 @@ def make_plan(
             and entry is not None
             and entry.manifest_hash == content_hash(m.obj)
             and entry.fingerprint
-            and entry.fingerprint == fingerprint(current)
+            # An object whose drift is ignored is written when Git changes, never to
+            # revert a change made in the cluster.
+            and (entry.fingerprint == fingerprint(current) or ignored_by_annotation(m.obj, current))
         ):
             return Change(
                 ref=ref, action=Action.UNCHANGED, source=m.source, manifest=m, live=current
@@ -246,7 +284,7 @@ def make_plan(
             # Its Namespace does not exist yet, so neither does it, and a dry-run can only
             # answer 404: the apply stage, after the Namespace stage, validates it.
             return _deferred(m)
-        return plan_object(kube, m, current)
+        return plan_object(kube, m, current, leave=leave(m))
 
     failures: list[tuple[str, str]] = []
     changes: list[Change] = []
@@ -321,6 +359,29 @@ def _prune_candidates(
     return out
 
 
+class _Autoscaled:
+    """Whether an HPA scales a workload: HPAs in the set and live ones, listed once and
+    only if some workload is dry-run at all (an unchanged resync never asks)."""
+
+    def __init__(self, kube: Kube, manifests: ManifestSet) -> None:
+        self._kube = kube
+        self._desired = [
+            m.obj for m in manifests.manifests if m.ref.kind == "HorizontalPodAutoscaler"
+        ]
+        self._targets: frozenset[tuple[str, str, str]] | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, ref: ObjectRef) -> bool:
+        with self._lock:
+            if self._targets is None:
+                hpas = list(self._desired)
+                res = self._kube.discover().resource("autoscaling", "v2", "HorizontalPodAutoscaler")
+                if res is not None:
+                    hpas += self._kube.list_objects(res)[0]
+                self._targets = hpa_targets(hpas)
+            return (ref.namespace, ref.kind, ref.name) in self._targets
+
+
 def _controlled(obj: KubeObject) -> bool:
     refs = (obj.get("metadata") or {}).get("ownerReferences") or []
     return any(r.get("controller") for r in refs)
@@ -347,10 +408,21 @@ def _deferred(m: Manifest) -> Change:
     )
 
 
-def plan_object(kube: Kube, m: Manifest, current: KubeObject | None) -> Change:
-    """Dry-run one object and diff it against what is live."""
+def plan_object(
+    kube: Kube,
+    m: Manifest,
+    current: KubeObject | None,
+    *,
+    leave: Callable[[KubeObject | None], tuple[FieldPath, ...]] = lambda _: (),
+) -> Change:
+    """Dry-run one object and diff it against what is live.
+
+    Fields ``leave`` names are not sent (and their differences not shown); fields another
+    manager owns that the apply would take back are named in ``conflicts``.
+    """
+    skipped = leave(current)
     try:
-        result = kube.apply(m.obj, dry_run=True)
+        result, conflicts = _dry_run(kube, ignores.without(m.obj, skipped) if skipped else m.obj)
     except InvalidError as e:
         if "immutable" not in str(e):
             raise
@@ -371,13 +443,56 @@ def plan_object(kube: Kube, m: Manifest, current: KubeObject | None) -> Change:
     if current is None and result.get("metadata", {}).get("resourceVersion"):
         # It exists but without our label (adoption): diff against the real object.
         current = kube.get(m.ref)
+        skipped = leave(current)
+        if skipped:
+            result, conflicts = _dry_run(kube, ignores.without(m.obj, skipped))
     if current is None:
         return Change(
             ref=m.ref, action=Action.CREATE, source=m.source, manifest=m, diff=_whole(m.obj)
         )
-    diff = diff_objects(current, result)
+    diff = tuple(
+        d for d in diff_objects(current, result) if not any(_covers(p, d.parts) for p in skipped)
+    )
     action = Action.UPDATE if diff else Action.UNCHANGED
-    return Change(ref=m.ref, action=action, source=m.source, manifest=m, diff=diff, live=current)
+    return Change(
+        ref=m.ref,
+        action=action,
+        source=m.source,
+        manifest=m,
+        diff=diff,
+        live=current,
+        skipped=skipped,
+        sent=ignores.without(m.obj, skipped) if skipped else None,
+        conflicts=conflicts if diff else (),
+    )
+
+
+_CONFLICT = re.compile(r'conflicts? with "([^"]+)"(?: with subresource "([^"]+)")?[^:]*:(.*)', re.S)
+
+
+def _dry_run(kube: Kube, obj: KubeObject) -> tuple[KubeObject, tuple[str, ...]]:
+    """The SSA dry-run result, and who owns what the apply would take (forced anyway)."""
+    try:
+        return kube.apply(obj, dry_run=True, force=False), ()
+    except ConflictError as e:
+        conflicts = tuple(
+            f"{manager}: {field_list.strip()}"
+            for manager, _sub, field_list in _CONFLICT.findall(str(e))
+        ) or (str(e),)
+    return kube.apply(obj, dry_run=True), conflicts
+
+
+def _covers(prefix: FieldPath, parts: FieldPath) -> bool:
+    """``parts`` lies at or under ``prefix`` (list items compared by merge key)."""
+    if len(parts) < len(prefix):
+        return False
+    for a, b in zip(prefix, parts, strict=False):
+        if isinstance(a, Item) and isinstance(b, Item):
+            if ((a.key or b.key) and a.key != b.key) or (not a.key and a.index != b.index):
+                return False
+        elif a != b:
+            return False
+    return True
 
 
 def _whole(obj: KubeObject) -> tuple[FieldDiff, ...]:

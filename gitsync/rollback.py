@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from gitsync import health
 from gitsync.apply import AppliedSet, apply_plan
+from gitsync.config import IgnoreRule
 from gitsync.gate import Verdict, wait_healthy
 from gitsync.inventory import AppState, InventoryEntry
 from gitsync.kube import Kube
@@ -66,6 +67,7 @@ def roll_back(
     timeout: float,
     cancel: threading.Event | None = None,
     owners: Owners | None = None,
+    ignore: Sequence[IgnoreRule] = (),
 ) -> RollbackResult:
     """Re-apply ``state``'s healthy manifests, undo the unsettled sync, wait for health.
 
@@ -76,7 +78,7 @@ def roll_back(
     """
     created = frozenset(e.ref.identity() for e in state.pending)
     manifests = healthy_set(state)
-    plan = make_plan(manifests, kube=kube, app=app, state=state, owners=owners)
+    plan = make_plan(manifests, kube=kube, app=app, state=state, owners=owners, ignore=ignore)
     applied = apply_plan(plan, kube=kube)
     if not applied.ok:
         return RollbackResult(applied=applied, deleted=(), verdict=None, inventory=state.inventory)

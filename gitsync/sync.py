@@ -113,7 +113,14 @@ def prepare(app: AppConfig, ctx: Context) -> Prepared:
     """Fetch, render and plan: reads only."""
     revision, manifests = prepare_render(app, ctx)
     state = inventory.read_state(ctx.kube, app=app.name, namespace=ctx.state_namespace)
-    plan = make_plan(manifests, kube=ctx.kube, app=app.name, state=state, owners=owners(app, ctx))
+    plan = make_plan(
+        manifests,
+        kube=ctx.kube,
+        app=app.name,
+        state=state,
+        owners=owners(app, ctx),
+        ignore=app.ignore,
+    )
     return Prepared(revision=revision, manifests=manifests, state=state, plan=plan)
 
 
@@ -181,7 +188,12 @@ class _Run:
             return self.result(revision.sha, "quarantined")
         try:
             plan = make_plan(
-                manifests, kube=self.kube, app=app.name, state=state, owners=self.owners
+                manifests,
+                kube=self.kube,
+                app=app.name,
+                state=state,
+                owners=self.owners,
+                ignore=app.ignore,
             )
             inventory.check_fits(_projected(state, revision.sha, plan, manifests))
         except GitSyncError as e:
@@ -212,6 +224,12 @@ class _Run:
             self.log.warning("render.lint", message=warning)
         counts = prep.plan.counts()
         self.log.info("sync.planned", **counts)
+        for c in prep.plan.changes:
+            for conflict in c.conflicts:
+                # Git wins, but never silently: name whose change this apply takes back.
+                self.log.warning(
+                    "sync.conflict", object=str(c.ref), source=c.source, owner=conflict
+                )
         self.write_ahead(prep.plan)
         applied = apply_plan(prep.plan, kube=self.kube, progress=self.progress)
         by_id = {c.ref.identity(): c for c in prep.plan.changes}
@@ -479,6 +497,7 @@ class _Run:
                 timeout=timeout,
                 cancel=self.ctx.cancel,
                 owners=self.owners,
+                ignore=self.app.ignore,
             )
         except GitSyncError as e:
             return self.rollback_failed(bad, f"rollback raised: {e}")

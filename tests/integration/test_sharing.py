@@ -63,3 +63,49 @@ def test_adoption_when_allowed_and_prune_only_when_nobody_lists_it(
     neighbour.commit({"b.yaml": config_maps("b", 3)})
     assert neighbour.sync(adoptFrom=[app.name]).result == "synced"
     assert kube.get(cm) is None
+
+
+HPA = """\
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata:
+  name: web
+  namespace: {ns}
+spec:
+  scaleTargetRef:
+    apiVersion: apps/v1
+    kind: Deployment
+    name: web
+  minReplicas: 3
+  maxReplicas: 5
+"""
+
+
+def test_hpa_keeps_its_replicas(app: App, kube: Kube) -> None:
+    """Once the HPA scales to minReplicas, resyncs and diff leave replicas alone: 0 writes
+    to the Deployment and no drift reported."""
+    from gitsync.drift import scan
+    from gitsync.sync import prepare
+    from tests.support.cluster_fixtures import wait_until
+    from tests.support.manifests import deployment
+
+    app.commit({"ns.yaml": NAMESPACE, "web.yaml": deployment(), "hpa.yaml": HPA})
+    assert app.sync().result == "synced"
+    web = ref("Deployment", "web", app.ns, "apps")
+
+    def replicas() -> int:
+        live = kube.get(web)
+        assert live is not None
+        return int(live["spec"]["replicas"])
+
+    wait_until(lambda: replicas() == 3, timeout=60, what="the HPA to scale to minReplicas")
+    kube.calls.clear()
+    for _ in range(10):
+        result = app.sync()
+        assert result.result == "unchanged", result.error
+    assert kube.calls["apply"] == 0, "no write to the Deployment"
+    assert replicas() == 3
+    prep = prepare(app.config(), app.ctx)
+    assert prep.plan.in_sync
+    drift = scan(kube, app.config(), state_namespace=app.ctx.state_namespace)
+    assert [d.path for d in drift] == []
