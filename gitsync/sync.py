@@ -327,8 +327,14 @@ class _Run:
         def report(current: int, waiting: int, failed: int) -> None:
             self.log.info("health.waiting", current=current, waiting=waiting, failed=failed)
 
+        # Unwritten objects are unchanged by the commit, unless an earlier sync of this same
+        # commit wrote them and ended without a verdict: then everything is judged.
+        last = self.stored.history[-1] if self.stored.history else None
+        regate = last is not None and last.result in _UNJUDGED and last.sha == self.state.revision
         written = {r.identity() for r in applied.written}
-        unchanged = frozenset(ObjectRef.of(o).identity() for o in objects) - written
+        unchanged = (
+            frozenset(() if regate else (ObjectRef.of(o).identity() for o in objects)) - written
+        )
         verdict = wait_healthy(
             self.kube,
             objects,
@@ -539,6 +545,9 @@ class _Run:
         with contextlib.suppress(GitSyncError):
             self.persist(state.with_history(bad, "rollback-failed", reason=why))
         return self.result(bad, "degraded", error=why)
+
+
+_UNJUDGED = frozenset({"timed-out", "interrupted"})
 
 
 def _prior(live: KubeObject) -> KubeObject:

@@ -56,7 +56,7 @@ def test_adoption_when_allowed_and_prune_only_when_nobody_lists_it(
     assert live["data"] == {"key": "from-b"}
     assert live["metadata"]["labels"][APP_LABEL] == neighbour.name
     app.commit({"ns.yaml": NAMESPACE, "a.yaml": config_maps("a", 3)})
-    assert app.sync().result == "synced"
+    assert app.sync().result == "unchanged", "nothing of A's to delete"
     assert kube.get(cm) is not None, "app A deleted an object app B owns"
     state = inventory.read_state(kube, app=app.name, namespace=app.ctx.state_namespace)
     assert cm.identity() not in {e.ref.identity() for e in state.inventory}
