@@ -482,7 +482,8 @@ class _Run:
         # rollback on the next poll instead of re-applying the quarantined commit.
         self.persist(replace(state, degraded=f"rolling back from {bad[:12]}: {reason}"))
         out = self.roll_back(bad, reason, culprit.ref if culprit else None)
-        return replace(out, counts=counts, error=f"{label}: {reason}")
+        error = f"{label}: {reason}" + (f"; then {out.error}" if out.error else "")
+        return replace(out, counts=counts, error=error)
 
     def retry_rollback(self, bad: str) -> SyncResult:
         """The last rollback did not finish: try it again, never the quarantined commit."""
@@ -544,7 +545,7 @@ class _Run:
         state = replace(self.state, degraded=f"rollback from {bad[:12]} failed: {why}")
         with contextlib.suppress(GitSyncError):
             self.persist(state.with_history(bad, "rollback-failed", reason=why))
-        return self.result(bad, "degraded", error=why)
+        return self.result(bad, "degraded", error=f"rollback failed: {why}")
 
 
 _UNJUDGED = frozenset({"timed-out", "interrupted"})

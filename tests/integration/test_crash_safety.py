@@ -124,41 +124,41 @@ def sync_and_kill(
     on_cluster: Callable[[], bool] | None = None,
 ) -> list[str]:
     """Run `gitsync sync --once` and kill -9 it when a log line or the cluster says so."""
-    proc = subprocess.Popen(
+    with subprocess.Popen(
         _cli_argv(app, tmp_path, "sync", "--once"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    killed = threading.Event()
+    ) as proc:
+        killed = threading.Event()
 
-    def kill() -> None:
-        if not killed.is_set():
-            killed.set()
-            proc.send_signal(signal.SIGKILL)
+        def kill() -> None:
+            if not killed.is_set():
+                killed.set()
+                proc.send_signal(signal.SIGKILL)
 
-    if on_cluster is not None:
+        if on_cluster is not None:
 
-        def poll() -> None:
-            while proc.poll() is None and not killed.is_set():
-                if on_cluster():
-                    kill()
-                    return
-                time.sleep(0.05)
+            def poll() -> None:
+                while proc.poll() is None and not killed.is_set():
+                    if on_cluster():
+                        kill()
+                        return
+                    time.sleep(0.05)
 
-        threading.Thread(target=poll, daemon=True).start()
-    events: list[str] = []
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        events.append(str(record.get("event")))
-        if on_line is not None and on_line(record):
-            kill()
-    proc.wait(timeout=300)
+            threading.Thread(target=poll, daemon=True).start()
+        events: list[str] = []
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            events.append(str(record.get("event")))
+            if on_line is not None and on_line(record):
+                kill()
+        proc.wait(timeout=300)
     assert killed.is_set(), f"the kill point was never reached; events: {events[-10:]}"
     assert proc.returncode == -signal.SIGKILL
     return events
@@ -225,7 +225,7 @@ def test_kill_during_prune_then_sync(app: App, kube: Kube, tmp_path: Path) -> No
 
 def test_kill_during_rollback_resumes_it(app: App, kube: Kube, tmp_path: Path) -> None:
     """kill -9 during a rollback: the next poll finishes the rollback, not the bad commit."""
-    app.commit(base_tree())
+    base = app.commit(base_tree())
     assert app.sync().result == "synced"
     bad = app.commit(big_tree(behavior="crashloop"))
     rolling_back = threading.Event()
@@ -252,6 +252,9 @@ def test_kill_during_rollback_resumes_it(app: App, kube: Kube, tmp_path: Path) -
     assert "rollback.retry" in events
     assert "sync.planned" not in events
     assert count_big(kube, app) == 0
+    back = {k: v.format(ns=app.ns) for k, v in base_tree().items()}
+    app.repo.commit(back, message="back", parent=base, force=True)
+    assert app.sync().result == "unchanged"
     assert_converged(kube, app, tmp_path)
 
 
