@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
-from gitsync import events, inventory, log, metrics
+from gitsync import events, ignores, inventory, log, metrics
 from gitsync.config import AppConfig
 from gitsync.drift_compare import (
     EXPECTED_MANAGERS,
@@ -50,7 +50,7 @@ from gitsync.errors import KubeError, NotFoundError
 from gitsync.fields import content_hash
 from gitsync.inventory import AppState
 from gitsync.kube import Kube, WatchCancel
-from gitsync.model import APP_LABEL, Identity, KubeObject, ObjectRef
+from gitsync.model import APP_LABEL, Identity, KubeObject, ObjectRef, field_manager
 
 STATE_LABEL: Final = "gitsync.io/state-of"
 
@@ -244,6 +244,7 @@ class DriftWatcher:
         settings: DriftSettings | None = None,
     ) -> None:
         self.kube, self.app, self.state_namespace = kube, app, state_namespace
+        self.manager = field_manager(app.name)
         self.settings = settings or DriftSettings()
         self.log = logger if logger is not None else log.get(app=app.name)
         self._queue: queue.Queue[_Message] = queue.Queue()
@@ -511,12 +512,16 @@ class DriftWatcher:
     def _since(self, ident: Identity) -> str:
         return max(self._synced_at, self._healed_at.get(ident, ""))
 
+    def _applied_since(self, ident: Identity, live: KubeObject) -> bool:
+        """gitsync applied ``live`` after the intent was recorded: a sync is on it."""
+        return gitsync_applied_at(live, manager=self.manager) > self._since(ident)
+
     def _evaluate(self, ident: Identity, before: KubeObject | None = None) -> None:
         intent = self._intents.get(ident)
         live = self._live.get(ident)
         if intent is None or live is None:
             return
-        if gitsync_wrote(before, live):
+        if gitsync_wrote(before, live, manager=self.manager):
             self._touched.add(ident)
         reports = compare(
             intent.obj,
@@ -526,7 +531,7 @@ class DriftWatcher:
             ignore=self.app.ignore,
             server_desired=lambda: self._dry_run(ident),
             autoscaled=self._autoscaled,
-            changed_by=writers(before, live),
+            changed_by=writers(before, live, manager=self.manager),
             expected_managers=self.settings.expected_managers,
         )
         self._publish(ident, self._hold_back(ident, live, reports))
@@ -541,7 +546,9 @@ class DriftWatcher:
             self._touched.discard(ident)  # the object agrees with the intent again
             return reports
         syncing = (
-            self._held() or ident in self._touched or gitsync_applied_at(live) > self._since(ident)
+            self._held()
+            or ident in self._touched
+            or gitsync_applied_at(live, manager=self.manager) > self._since(ident)
         )
         if not syncing:
             return reports
@@ -556,7 +563,9 @@ class DriftWatcher:
         if cached is not None and cached[0] == intent.digest:
             return cached[1]
         try:
-            result: KubeObject | None = self.kube.apply(intent.obj, dry_run=True)
+            result: KubeObject | None = self.kube.apply(
+                intent.obj, dry_run=True, manager=self.manager
+            )
         except KubeError as e:
             self.log.debug("drift.dry_run_failed", object=str(intent.ref), error=str(e))
             result = None
@@ -713,7 +722,9 @@ class DriftWatcher:
         if intent is None or not current or ident in self._fighting:
             return
         live = self._live.get(ident)
-        if self._held() or (live is not None and gitsync_applied_at(live) > self._since(ident)):
+        if self._held() or (
+            live is not None and gitsync_applied_at(live, manager=self.manager) > self._since(ident)
+        ):
             return  # a sync is applying this object right now; _resume() looks again
         now = time.monotonic()
         history = self._heals.setdefault(ident, deque())
@@ -745,13 +756,20 @@ class DriftWatcher:
                     fallback_namespace=self.state_namespace,
                 )
             return
+        # Healing reverts exactly what drift reported: what sync leaves alone, it does too.
+        body = intent.obj
+        if live is not None:
+            skipped = ignores.skipped(
+                body, live, rules=self.app.ignore, autoscaled=self._autoscaled(intent.ref)
+            )
+            body = ignores.without(body, skipped) if skipped else body
         try:
-            applied = self.kube.apply(intent.obj)
+            applied = self.kube.apply(body, manager=self.manager)
         except KubeError as e:
             self.log.error("drift.heal_failed", object=str(intent.ref), error=str(e))
             return
         history.append(now)
-        self._healed_at[ident] = gitsync_applied_at(applied)
+        self._healed_at[ident] = gitsync_applied_at(applied, manager=self.manager)
         self._touched.discard(ident)
         self.log.info(
             "drift.healed",
@@ -810,7 +828,7 @@ def scan(
 
         def dry_run(intent: KubeObject = intent) -> KubeObject | None:
             try:
-                return kube.apply(intent, dry_run=True)
+                return kube.apply(intent, dry_run=True, manager=field_manager(app.name))
             except KubeError:
                 return None
 

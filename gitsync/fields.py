@@ -105,15 +105,21 @@ def upgraded_managed_fields(obj: KubeObject, manager: str = FIELD_MANAGER) -> li
 
     Without this, fields an earlier `kubectl apply` (client-side) set stay owned by
     ``kubectl-client-side-apply`` and a later server-side apply that drops them from Git
-    never removes them: the equivalent of client-go's csaupgrade. None: nothing to do.
+    never removes them: the equivalent of client-go's csaupgrade. The shared ``gitsync``
+    manager of older releases is migrated the same way, so no field stays owned by a
+    manager nobody uses. None: nothing to do.
     """
     entries = (obj.get("metadata") or {}).get("managedFields") or []
     csa = [
         e
         for e in entries
-        if e.get("manager") in CLIENT_SIDE_MANAGERS
-        and e.get("operation") == "Update"
-        and not e.get("subresource")
+        if (
+            e.get("manager") in CLIENT_SIDE_MANAGERS
+            and e.get("operation") == "Update"
+            and not e.get("subresource")
+        )
+        # The shared manager of releases before per-app managers: nobody applies as it now.
+        or (manager != FIELD_MANAGER and is_apply_of(e, FIELD_MANAGER))
     ]
     if not csa:
         return None

@@ -16,10 +16,9 @@ from typing import Any
 
 from gitsync import health
 from gitsync.errors import KubeError
-from gitsync.fields import apply_entry
 from gitsync.health import Health, Status
 from gitsync.kube import Kube, Resource
-from gitsync.model import Identity, KubeObject, ObjectRef
+from gitsync.model import FIELD_MANAGER, Identity, KubeObject, ObjectRef
 
 DEFAULT_PROGRESS_DEADLINE = 600
 MARGIN_SECONDS = 30.0
@@ -274,8 +273,15 @@ def wait_healthy(
 
 
 def _applied_at(obj: KubeObject) -> str:
-    entry = apply_entry(obj)
-    return str(entry.get("time", "")) if entry else ""
+    """When a gitsync manager (any app's) last applied ``obj``."""
+    times = [
+        str(e.get("time", ""))
+        for e in (obj.get("metadata") or {}).get("managedFields") or []
+        if e.get("operation") == "Apply"
+        and not e.get("subresource")
+        and str(e.get("manager", "")).partition("-")[0] == FIELD_MANAGER
+    ]
+    return max(times, default="")
 
 
 def _counts(verdicts: dict[Identity, Health]) -> dict[Status, int]:

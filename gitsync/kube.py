@@ -408,11 +408,18 @@ class Kube:
                 return items, str(meta.get("resourceVersion", ""))
             query["continue"] = meta["continue"]
 
-    def apply(self, obj: KubeObject, *, dry_run: bool = False, force: bool = True) -> KubeObject:
-        """Server-side apply as field manager ``gitsync`` (JSON is valid apply YAML)."""
+    def apply(
+        self,
+        obj: KubeObject,
+        *,
+        dry_run: bool = False,
+        force: bool = True,
+        manager: str = FIELD_MANAGER,
+    ) -> KubeObject:
+        """Server-side apply as ``manager`` (JSON is valid apply YAML)."""
         ref = ObjectRef.of(obj)
         res = self.resource(ref)
-        query = {"fieldManager": FIELD_MANAGER, "force": "true" if force else "false"}
+        query = {"fieldManager": manager, "force": "true" if force else "false"}
         if dry_run:
             query["dryRun"] = "All"
         result: KubeObject = self.request(
@@ -459,7 +466,7 @@ class Kube:
         )
         return out
 
-    def replace(self, obj: KubeObject) -> KubeObject:
+    def replace(self, obj: KubeObject, *, manager: str = FIELD_MANAGER) -> KubeObject:
         """PUT with the object's resourceVersion: optimistic concurrency."""
         ref = ObjectRef.of(obj)
         res = self.resource(ref)
@@ -467,7 +474,7 @@ class Kube:
             "PUT",
             res.path(ref.namespace, ref.name),
             verb="update",
-            query={"fieldManager": FIELD_MANAGER},
+            query={"fieldManager": manager},
             body=obj,
             what=f"update {ref}",
         )

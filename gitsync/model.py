@@ -21,7 +21,13 @@ WAVE_ANNOTATION = "gitsync.io/wave"
 PRUNE_ANNOTATION = "gitsync.io/prune"
 DRIFT_ANNOTATION = "gitsync.io/drift"
 RECREATE_ANNOTATION = "gitsync.io/recreate"
+# gitsync's own writes (state, Lease, Events); apps had it too before per-app managers.
 FIELD_MANAGER = "gitsync"
+
+
+def field_manager(app: str) -> str:
+    """Each app applies under its own manager, so two apps never silently share a field."""
+    return f"{FIELD_MANAGER}-{app}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, order=True)

@@ -28,7 +28,7 @@ from gitsync.drift_compare import (
     path_text,
 )
 from gitsync.errors import ApplyError, ConflictError, InvalidError, KubeError
-from gitsync.fields import content_hash, fingerprint
+from gitsync.fields import content_hash, fingerprint, upgraded_managed_fields
 from gitsync.inventory import AppState, InventoryEntry
 from gitsync.kube import Kube, Resource
 from gitsync.model import (
@@ -39,6 +39,7 @@ from gitsync.model import (
     Manifest,
     ManifestSet,
     ObjectRef,
+    field_manager,
 )
 from gitsync.ownership import Owners
 
@@ -253,6 +254,7 @@ def make_plan(
             resources.append(res)
     live = list_live(kube, app, resources)
     new_namespaces = _new_namespaces(kube, manifests, live)
+    manager = field_manager(app)
     autoscaled = _Autoscaled(kube, manifests)
 
     def leave(m: Manifest) -> Callable[[KubeObject | None], tuple[FieldPath, ...]]:
@@ -275,7 +277,10 @@ def make_plan(
             and entry.fingerprint
             # An object whose drift is ignored is written when Git changes, never to
             # revert a change made in the cluster.
-            and (entry.fingerprint == fingerprint(current) or ignored_by_annotation(m.obj, current))
+            and (
+                entry.fingerprint == fingerprint(current, manager)
+                or ignored_by_annotation(m.obj, current)
+            )
         ):
             return Change(
                 ref=ref, action=Action.UNCHANGED, source=m.source, manifest=m, live=current
@@ -284,7 +289,7 @@ def make_plan(
             # Its Namespace does not exist yet, so neither does it, and a dry-run can only
             # answer 404: the apply stage, after the Namespace stage, validates it.
             return _deferred(m)
-        return plan_object(kube, m, current, leave=leave(m))
+        return plan_object(kube, m, current, leave=leave(m), manager=manager)
 
     failures: list[tuple[str, str]] = []
     changes: list[Change] = []
@@ -414,6 +419,7 @@ def plan_object(
     current: KubeObject | None,
     *,
     leave: Callable[[KubeObject | None], tuple[FieldPath, ...]] = lambda _: (),
+    manager: str,
 ) -> Change:
     """Dry-run one object and diff it against what is live.
 
@@ -422,7 +428,8 @@ def plan_object(
     """
     skipped = leave(current)
     try:
-        result, conflicts = _dry_run(kube, ignores.without(m.obj, skipped) if skipped else m.obj)
+        sent = ignores.without(m.obj, skipped) if skipped else m.obj
+        result, conflicts = _dry_run(kube, sent, manager)
     except InvalidError as e:
         if "immutable" not in str(e):
             raise
@@ -445,7 +452,7 @@ def plan_object(
         current = kube.get(m.ref)
         skipped = leave(current)
         if skipped:
-            result, conflicts = _dry_run(kube, ignores.without(m.obj, skipped))
+            result, conflicts = _dry_run(kube, ignores.without(m.obj, skipped), manager)
     if current is None:
         return Change(
             ref=m.ref, action=Action.CREATE, source=m.source, manifest=m, diff=_whole(m.obj)
@@ -453,6 +460,10 @@ def plan_object(
     diff = tuple(
         d for d in diff_objects(current, result) if not any(_covers(p, d.parts) for p in skipped)
     )
+    if not diff and upgraded_managed_fields(current, manager) is not None:
+        # Fields owned by an earlier client-side apply or by the shared manager of older
+        # releases move to this app's manager: an apply that changes no value does it.
+        diff = (FieldDiff(path="metadata.managedFields", live="(other managers)", desired=manager),)
     action = Action.UPDATE if diff else Action.UNCHANGED
     return Change(
         ref=m.ref,
@@ -470,16 +481,14 @@ def plan_object(
 _CONFLICT = re.compile(r'conflicts? with "([^"]+)"(?: with subresource "([^"]+)")?[^:]*:(.*)', re.S)
 
 
-def _dry_run(kube: Kube, obj: KubeObject) -> tuple[KubeObject, tuple[str, ...]]:
+def _dry_run(kube: Kube, obj: KubeObject, manager: str) -> tuple[KubeObject, tuple[str, ...]]:
     """The SSA dry-run result, and who owns what the apply would take (forced anyway)."""
     try:
-        return kube.apply(obj, dry_run=True, force=False), ()
+        return kube.apply(obj, dry_run=True, force=False, manager=manager), ()
     except ConflictError as e:
-        conflicts = tuple(
-            f"{manager}: {field_list.strip()}"
-            for manager, _sub, field_list in _CONFLICT.findall(str(e))
-        ) or (str(e),)
-    return kube.apply(obj, dry_run=True), conflicts
+        found = _CONFLICT.findall(str(e))
+        conflicts = tuple(f"{who}: {fields.strip()}" for who, _sub, fields in found) or (str(e),)
+    return kube.apply(obj, dry_run=True, manager=manager), conflicts
 
 
 def _covers(prefix: FieldPath, parts: FieldPath) -> bool:

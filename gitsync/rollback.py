@@ -19,7 +19,7 @@ from gitsync.config import IgnoreRule
 from gitsync.gate import Verdict, wait_healthy
 from gitsync.inventory import AppState, InventoryEntry
 from gitsync.kube import Kube
-from gitsync.model import Identity, KubeObject, Manifest, ManifestSet, ObjectRef
+from gitsync.model import Identity, KubeObject, Manifest, ManifestSet, ObjectRef, field_manager
 from gitsync.ownership import Owners
 from gitsync.plan import Action, make_plan
 from gitsync.prune import prune
@@ -79,7 +79,7 @@ def roll_back(
     created = frozenset(e.ref.identity() for e in state.pending)
     manifests = healthy_set(state)
     plan = make_plan(manifests, kube=kube, app=app, state=state, owners=owners, ignore=ignore)
-    applied = apply_plan(plan, kube=kube)
+    applied = apply_plan(plan, kube=kube, manager=field_manager(app))
     if not applied.ok:
         return RollbackResult(applied=applied, deleted=(), verdict=None, inventory=state.inventory)
     leftovers = [
@@ -96,7 +96,8 @@ def roll_back(
         owners=owners,
     )
     desired = {m.ref.identity() for m in manifests.manifests}
-    restored = restore_adopted(kube, [o for o in state.adopted if _id(o) not in desired])
+    priors = [o for o in state.adopted if _id(o) not in desired]
+    restored = restore_adopted(kube, priors, manager=field_manager(app))
     # Still ours: what the healthy set lacks but was neither created nor adopted by the
     # bad revision (e.g. kept by a prune guard earlier), and what failed to delete.
     released = created | {_id(o) for o in state.adopted}
@@ -125,7 +126,9 @@ def _id(obj: KubeObject) -> Identity:
     return ObjectRef.of(obj).identity()
 
 
-def restore_adopted(kube: Kube, priors: Iterable[KubeObject]) -> tuple[ObjectRef, ...]:
+def restore_adopted(
+    kube: Kube, priors: Iterable[KubeObject], *, manager: str
+) -> tuple[ObjectRef, ...]:
     """Put back the content (and field owners) adopted objects had before gitsync.
 
     A replace carrying the live resourceVersion and the prior uid: an object deleted or
@@ -141,7 +144,7 @@ def restore_adopted(kube: Kube, priors: Iterable[KubeObject]) -> tuple[ObjectRef
         meta = dict(body["metadata"])
         meta["resourceVersion"] = live["metadata"]["resourceVersion"]
         body["metadata"] = meta
-        kube.replace(body)
+        kube.replace(body, manager=manager)
         restored.append(ref)
     return tuple(restored)
 

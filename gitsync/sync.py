@@ -28,7 +28,7 @@ from gitsync.gate import ObjectHealth, Verdict, default_timeout, wait_healthy
 from gitsync.health import Health, Status
 from gitsync.inventory import AppState, InventoryEntry
 from gitsync.kube import Kube
-from gitsync.model import Identity, KubeObject, ManifestSet, ObjectRef, Revision
+from gitsync.model import Identity, KubeObject, ManifestSet, ObjectRef, Revision, field_manager
 from gitsync.ownership import Owners
 from gitsync.plan import Action, Origin, Plan, make_plan
 from gitsync.prune import PruneResult, prune
@@ -231,7 +231,9 @@ class _Run:
                     "sync.conflict", object=str(c.ref), source=c.source, owner=conflict
                 )
         self.write_ahead(prep.plan)
-        applied = apply_plan(prep.plan, kube=self.kube, progress=self.progress)
+        applied = apply_plan(
+            prep.plan, kube=self.kube, progress=self.progress, manager=field_manager(self.app.name)
+        )
         by_id = {c.ref.identity(): c for c in prep.plan.changes}
         for ref in applied.written:  # in the order they were applied
             change = by_id[ref.identity()]
@@ -370,7 +372,7 @@ class _Run:
         state = self.state
         desired = {m.ref.identity() for m in prep.manifests.manifests}
         released = [o for o in state.adopted if ObjectRef.of(o).identity() not in desired]
-        restored = restore_adopted(self.kube, released)
+        restored = restore_adopted(self.kube, released, manager=field_manager(self.app.name))
         for ref in restored:
             self.log.info("sync.released", object=str(ref), why="adopted by an unsettled sync")
         pruned = self.prune(prep)

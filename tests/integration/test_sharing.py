@@ -109,3 +109,38 @@ def test_hpa_keeps_its_replicas(app: App, kube: Kube) -> None:
     assert prep.plan.in_sync
     drift = scan(kube, app.config(), state_namespace=app.ctx.state_namespace)
     assert [d.path for d in drift] == []
+
+
+def test_objects_of_the_shared_manager_migrate_to_the_app_manager(app: App, kube: Kube) -> None:
+    """Objects owned by the shared `gitsync` manager of older releases end up owned by the
+    app's own manager only, and the resync after that writes nothing."""
+    from gitsync.model import FIELD_MANAGER
+    from tests.support.manifests import deployment
+
+    app.commit({"ns.yaml": NAMESPACE, "cm.yaml": config_maps("c", 2), "web.yaml": deployment()})
+    assert app.sync().result == "synced"
+    objects = [ref("ConfigMap", "c-0", app.ns), ref("Deployment", "web", app.ns, "apps")]
+    mine = f"gitsync-{app.name}"
+    for r in objects:  # as the previous release left them
+        live = kube.get(r)
+        assert live is not None
+        entries = [
+            {**e, "manager": FIELD_MANAGER} if e["manager"] == mine else e
+            for e in live["metadata"]["managedFields"]
+        ]
+        kube.json_patch(
+            r,
+            [{"op": "replace", "path": "/metadata/managedFields", "value": entries}],
+            manager="test",
+        )
+    result = app.sync()
+    assert result.result == "synced", result.error
+    for r in objects:
+        live = kube.get(r)
+        assert live is not None
+        managers = {e["manager"] for e in live["metadata"]["managedFields"]}
+        assert FIELD_MANAGER not in managers
+        assert mine in managers
+    kube.calls.clear()
+    assert app.sync().result == "unchanged"
+    assert kube.calls["apply"] == 0

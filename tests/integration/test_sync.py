@@ -213,7 +213,7 @@ def test_first_sync_creates_everything_in_dependency_order(app: App, kube: Kube)
     assert live is not None
     assert live["metadata"]["labels"]["gitsync.io/app"] == app.name
     assert live["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "gitsync"
-    assert any(m["manager"] == "gitsync" for m in live["metadata"]["managedFields"])
+    assert any(m["manager"] == f"gitsync-{app.name}" for m in live["metadata"]["managedFields"])
     state = inventory.read_state(kube, app=app.name, namespace=app.ctx.state_namespace)
     assert len(state.inventory) == 10
     assert state.revision == app.repo.head()
