@@ -28,6 +28,7 @@ from gitsync.yamlread import (
     compose_all,
     construct,
     flatten_list,
+    gc_paused,
     line_at,
     read_documents,
     read_first,
@@ -120,7 +121,8 @@ def build_kustomization(
     if text is None:
         return []
     try:
-        roots = list(compose_all(text, limits.reader))
+        with gc_paused():
+            roots = list(compose_all(text, limits.reader))
     except ReadError as e:
         problems.append(
             f"{shown}:1: kustomize printed unreadable YAML (line {e.line}): {e.message}"

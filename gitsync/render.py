@@ -45,6 +45,7 @@ from gitsync.yamlread import (
     ReadError,
     ReadLimits,
     flatten_list,
+    gc_paused,
     line_at,
     read_documents,
 )
@@ -192,6 +193,30 @@ def render(
             [f"{relative(app, repo)}: the app path is not a directory in the repository."]
         )
 
+    # Parsed documents stay alive until the set is built, so the cyclic collector would
+    # only rescan them; it is paused, and they are freed (by refcount) before it resumes.
+    with gc_paused():
+        return _render_app(
+            app=app,
+            repo=repo,
+            default_namespace=default_namespace,
+            app_name=app_name,
+            kinds=kinds,
+            kustomize=kustomize,
+            limits=limits,
+        )
+
+
+def _render_app(
+    *,
+    app: Path,
+    repo: Path,
+    default_namespace: str,
+    app_name: str,
+    kinds: KindResolver,
+    kustomize: Sequence[str] | None,
+    limits: RenderLimits,
+) -> ManifestSet:
     problems: list[str] = []
     kustomization = kustomization_file(app)
     if kustomization is not None:

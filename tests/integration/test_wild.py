@@ -45,9 +45,12 @@ def _delete_crd(kube: Kube) -> None:
     kube.delete(_ref("CustomResourceDefinition", wild.CRD_NAME, group="apiextensions.k8s.io"))
 
 
-def test_wild_directory_syncs_and_resync_writes_nothing(app: App, kube: Kube) -> None:
+def test_wild_directory_syncs_and_resync_writes_nothing(
+    app: App, kube: Kube, kubectl: Kubectl, tmp_path: Path
+) -> None:
     """Typed lists, a JSON List, a 300 KiB CRD and a ~1 MiB ConfigMap sync; a resync is a no-op."""
-    app.repo.commit(_wild_tree(app.ns))
+    tree = _wild_tree(app.ns)
+    app.repo.commit(tree)
     try:
         result = app.sync()
         assert result.result == "synced", result.error
@@ -78,35 +81,31 @@ def test_wild_directory_syncs_and_resync_writes_nothing(app: App, kube: Kube) ->
         assert again.counts["unchanged"] == 14
         assert kube.calls["apply"] == 0
         assert _writes(kube) == 0, dict(kube.calls)
+
+        _kubectl_reads_the_same(kubectl, tree, ns, tmp_path)
     finally:
         _delete_crd(kube)
 
 
-def test_kubectl_reads_the_wild_directory_as_render_does(
-    app: App, kube: Kube, kubectl: Kubectl, tmp_path: Path
-) -> None:
-    """kubectl accepts the same files (dry-run), and refuses the nested list render refuses."""
-    app.repo.commit(_wild_tree(app.ns))
-    try:
-        assert app.sync().result == "synced"
-        files = tmp_path / "wild"
-        files.mkdir()
-        for name, text in _wild_tree(app.ns).items():
-            (files / name).write_text(text)
-        ok = kubectl(
-            "apply", "--server-side", "--dry-run=server", "--field-manager=probe",
-            "-n", app.ns, "-f", str(files), check=False,
-        )  # fmt: skip
-        assert ok.returncode == 0, ok.stderr
-        assert len(ok.stdout.splitlines()) == 14, ok.stdout
-        (tmp_path / "nested.yaml").write_text(NESTED)
-        nested = kubectl(
-            "apply", "--server-side", "--dry-run=server", "-n", app.ns,
-            "-f", str(tmp_path / "nested.yaml"), check=False,
-        )  # fmt: skip
-        assert nested.returncode != 0, nested.stdout
-    finally:
-        _delete_crd(kube)
+def _kubectl_reads_the_same(kubectl: Kubectl, tree: dict[str, str], ns: str, tmp: Path) -> None:
+    """kubectl accepts the same files (server dry-run), and refuses the nested list too."""
+    files = tmp / "wild"
+    files.mkdir()
+    for name, text in tree.items():
+        (files / name).write_text(text)
+    ok = kubectl(
+        "apply", "--server-side", "--dry-run=server", "--field-manager=probe",
+        "-n", ns, "-f", str(files), check=False,
+    )  # fmt: skip
+    assert ok.returncode == 0, ok.stderr
+    assert len(ok.stdout.splitlines()) == 14, ok.stdout
+    (tmp / "nested.yaml").write_text(NESTED)
+    nested = kubectl(
+        "apply", "--server-side", "--dry-run=server", "-n", ns,
+        "-f", str(tmp / "nested.yaml"), check=False,
+    )  # fmt: skip
+    assert nested.returncode != 0, nested.stdout
+    assert "not a list" in nested.stderr, nested.stderr
 
 
 def test_cli_sync_once_exits_2_on_a_bad_render_and_0_once_fixed(
