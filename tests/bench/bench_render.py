@@ -22,6 +22,7 @@ from pathlib import Path
 import yaml
 
 from gitsync.render import StaticKinds, render
+from gitsync.yamlread import Document, flatten_list
 from tests.support import wild
 
 DEPLOYMENT = """\
@@ -67,7 +68,9 @@ def _json_list(app: Path) -> None:
     source.mkdir()
     _bundle(source)
     for path in sorted(source.glob("*.yaml")):
-        items.extend(d for d in yaml.safe_load_all(path.read_text()) if d)
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:  # kubectl applies no list inside a list: take the items
+                items.extend(d.value for d in flatten_list(Document(value=doc, line=1))[0])
     doc = {"apiVersion": "v1", "kind": "List", "items": items}
     (app / "bundle.json").write_text(json.dumps(doc, indent=2))
 
