@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import shutil
 from pathlib import Path
 from typing import Any
@@ -11,7 +12,7 @@ import pytest
 from gitsync.errors import RenderError
 from gitsync.model import ManifestSet
 from gitsync.render import RenderLimits, StaticKinds, render
-from gitsync.yamlread import Document, ReadLimits, flatten_list, read_documents
+from gitsync.yamlread import Document, ReadLimits, flatten_list, gc_paused, read_documents
 from tests.support import wild
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -353,3 +354,44 @@ def test_big_crd_and_configmap_are_within_the_default_limits(tmp_path: Path) -> 
     limits = RenderLimits()
     assert limits.max_file_bytes >= 16 * 1024 * 1024
     assert limits.max_total_bytes >= 64 * 1024 * 1024
+
+
+def test_json_item_lines_survive_escapes_and_nested_items_keys(tmp_path: Path) -> None:
+    """Escaped quotes and an inner "items" key do not confuse where each list item starts."""
+    _write(
+        tmp_path,
+        {
+            "l.json": """\
+{"kind": "List", "metadata": {"annotations": {"say \\"items\\"": "[{"}},
+ "apiVersion": "v1",
+ "items": [
+
+   {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "a"},
+    "data": {"items": "[1, 2]"}},
+   {"apiVersion": "v1", "kind": "ConfigMap",
+    "metadata": {"name": "b"}}
+ ]}
+"""
+        },
+    )
+    assert _sources(_render(tmp_path)) == [
+        ("ConfigMap", "a", "l.json:5"),
+        ("ConfigMap", "b", "l.json:7"),
+    ]
+
+
+def test_gc_pause_nests_and_restores_the_collector() -> None:
+    """The collector is off inside, back on after the outermost pause, and left off if it was."""
+    assert gc.isenabled()
+    with gc_paused():
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
