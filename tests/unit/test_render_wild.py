@@ -9,9 +9,11 @@ from typing import Any
 
 import pytest
 
+from gitsync.cli import _sync_exit_code
 from gitsync.errors import RenderError
 from gitsync.model import ManifestSet
 from gitsync.render import RenderLimits, StaticKinds, render
+from gitsync.sync import SyncResult
 from gitsync.yamlread import Document, ReadLimits, flatten_list, gc_paused, read_documents
 from tests.support import wild
 
@@ -395,3 +397,21 @@ def test_gc_pause_nests_and_restores_the_collector() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+# --------------------------------------------------------------------------- CLI exit codes
+
+
+@pytest.mark.parametrize(
+    ("result", "code"),
+    [
+        (SyncResult(app="a", revision="", result="failed", error="x.yaml:1: bad"), 2),
+        (SyncResult(app="a", revision="abc", result="failed", counts={"create": 1}), 1),
+        (SyncResult(app="a", revision="abc", result="rolled-back", rolled_back_to="def"), 1),
+    ],
+)
+def test_sync_exit_code_tells_a_refused_commit_from_a_failed_rollout(
+    result: SyncResult, code: int
+) -> None:
+    """A commit refused before any write exits 2; a failed apply or gate exits 1."""
+    assert _sync_exit_code(result) == code
