@@ -238,12 +238,12 @@ def _sync(args: argparse.Namespace) -> int:
     apps, state_ns, cache = _apps(args)
     ctx = _context(args, state_ns, cache)
     progress = _progress_bar() if sys.stdout.isatty() else None
-    failed = False
+    code = EXIT_OK
     for app in apps:
         result = sync_app(app, ctx, progress=progress, force=args.force)
         c = result.counts
         if result.result in ("failed", "rolled-back", "degraded", "timed-out"):
-            failed = True
+            code = max(code, _sync_exit_code(result))
             back = (
                 f" (rolled back to {result.rolled_back_to[:12]})" if result.rolled_back_to else ""
             )
@@ -259,7 +259,12 @@ def _sync(args: argparse.Namespace) -> int:
         )
         if result.prune_guard:
             print(f"  prune skipped: {result.prune_guard}")
-    return EXIT_DIFF if failed else EXIT_OK
+    return code
+
+
+def _sync_exit_code(result: Any) -> int:
+    """2 when the commit was refused before any write (fetch, render, dry-run), else 1."""
+    return EXIT_ERROR if result.refused else EXIT_DIFF
 
 
 def _progress_bar() -> Any:

@@ -22,10 +22,13 @@ from typing import Any, Protocol
 
 from gitsync.repofiles import decode, read_bytes, relative
 from gitsync.yamlread import (
+    Document,
     ReadError,
     ReadLimits,
     compose_all,
     construct,
+    flatten_list,
+    gc_paused,
     line_at,
     read_documents,
     read_first,
@@ -118,13 +121,15 @@ def build_kustomization(
     if text is None:
         return []
     try:
-        roots = list(compose_all(text, limits.reader))
+        with gc_paused():
+            roots = list(compose_all(text, limits.reader))
     except ReadError as e:
         problems.append(
             f"{shown}:1: kustomize printed unreadable YAML (line {e.line}): {e.message}"
         )
         return []
     docs: list[tuple[str, Any]] = []
+    number = 0
     origins = _OriginIndex(app=app, repo=repo, limits=limits)
     for root in roots:
         try:
@@ -134,9 +139,12 @@ def build_kustomization(
             continue
         if obj is None:
             continue
-        number = len(docs) + 1
-        source = origins.source(obj) or f"{shown} (kustomize output doc {number})"
-        docs.append((source, obj))
+        number += 1
+        where = f"{shown} (kustomize output doc {number})"
+        items, errors = flatten_list(Document(value=obj, line=1))
+        problems.extend(f"{where}: {e.message}" for e in errors)
+        for item in items:
+            docs.append((origins.source(item.value) or where, item.value))
     return docs
 
 
@@ -365,7 +373,7 @@ class _OriginIndex:
         except ReadError:
             return []
         index = []
-        for doc in docs:
+        for doc in (item for whole in docs for item in flatten_list(whole)[0]):
             if isinstance(doc.value, dict):
                 meta = doc.value.get("metadata")
                 name = meta.get("name") if isinstance(meta, dict) else None

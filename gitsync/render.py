@@ -39,7 +39,16 @@ from gitsync.model import (
 )
 from gitsync.order import wave_of
 from gitsync.repofiles import decode, read_bytes, relative
-from gitsync.yamlread import MAX_DEPTH, Node, ReadError, ReadLimits, line_at, read_documents
+from gitsync.yamlread import (
+    MAX_DEPTH,
+    Node,
+    ReadError,
+    ReadLimits,
+    flatten_list,
+    gc_paused,
+    line_at,
+    read_documents,
+)
 
 __all__ = [
     "BUILTIN_KINDS",
@@ -139,8 +148,10 @@ class StaticKinds:
 class RenderLimits:
     """Bounds on what one app may make render read, parse and run."""
 
-    max_file_bytes: int = 2 * 1024 * 1024
-    max_total_bytes: int = 16 * 1024 * 1024
+    # Public install bundles run to several MiB in one file (CRDs of hundreds of KiB,
+    # ConfigMaps near the API's 1 MiB); these bound memory, not what is sensible.
+    max_file_bytes: int = 16 * 1024 * 1024
+    max_total_bytes: int = 64 * 1024 * 1024
     max_files: int = 10_000
     max_aliases: int = 100  # alias nodes per YAML document
     max_alias_nodes: int = 100_000  # nodes that alias uses add to one document
@@ -182,6 +193,30 @@ def render(
             [f"{relative(app, repo)}: the app path is not a directory in the repository."]
         )
 
+    # Parsed documents stay alive until the set is built, so the cyclic collector would
+    # only rescan them; it is paused, and they are freed (by refcount) before it resumes.
+    with gc_paused():
+        return _render_app(
+            app=app,
+            repo=repo,
+            default_namespace=default_namespace,
+            app_name=app_name,
+            kinds=kinds,
+            kustomize=kustomize,
+            limits=limits,
+        )
+
+
+def _render_app(
+    *,
+    app: Path,
+    repo: Path,
+    default_namespace: str,
+    app_name: str,
+    kinds: KindResolver,
+    kustomize: Sequence[str] | None,
+    limits: RenderLimits,
+) -> ManifestSet:
     problems: list[str] = []
     kustomization = kustomization_file(app)
     if kustomization is not None:
@@ -247,10 +282,13 @@ def _directory_docs(app: Path, repo: Path, limits: RenderLimits, problems: list[
         except ReadError as e:
             problems.append(f"{display}:{e.line}: {e.message}")
             continue
-        docs.extend(
-            _Doc(obj=doc.value, source=f"{display}:{doc.line}", file=display, node=doc.node)
-            for doc in parsed
-        )
+        for doc in parsed:
+            items, errors = flatten_list(doc)
+            problems.extend(f"{display}:{e.line}: {e.message}" for e in errors)
+            docs.extend(
+                _Doc(obj=item.value, source=f"{display}:{item.line}", file=display, node=item.node)
+                for item in items
+            )
     return docs
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from gitsync import events, inventory, log
 from gitsync.apply import AppliedSet, Failure, Progress, apply_plan
 from gitsync.config import AppConfig
-from gitsync.errors import GitSyncError, KubeError, RenderError
+from gitsync.errors import GitSyncError
 from gitsync.gate import ObjectHealth, Verdict, default_timeout, wait_healthy
 from gitsync.health import Health, Status
 from gitsync.inventory import AppState, InventoryEntry
@@ -61,7 +61,7 @@ class SyncResult:
     prune_guard: str = ""
     seconds: float = 0.0
     rolled_back_to: str = ""
-    # The commit itself was refused before any write (bad input): `sync --once` exits 2.
+    # Refused before any write (fetch, render, dry-run, state size): `sync --once` exits 2.
     refused: bool = False
 
 
@@ -171,7 +171,7 @@ class _Run:
         try:
             revision, manifests = prepare_render(app, self.ctx)
         except GitSyncError as e:
-            return self.refused("prepare", "", e, refused=isinstance(e, RenderError))
+            return self.refused("prepare", "", e)
         self.log = self.log.bind(revision=revision.sha[:12])
         try:
             self.state = self.stored = inventory.read_state(
@@ -198,14 +198,14 @@ class _Run:
             inventory.check_fits(_projected(state, revision.sha, plan, manifests))
         except GitSyncError as e:
             # A dry-run refused the commit, or its state could not be recorded: no writes.
-            return self.refused("plan", revision.sha, e, refused=not isinstance(e, KubeError))
+            return self.refused("plan", revision.sha, e)
         prep = Prepared(revision=revision, manifests=manifests, state=state, plan=plan)
         if self.ctx.cancelled:
             self.log.info("sync.interrupted", stage="plan", reason="shutting down; nothing written")
             return self.result(revision.sha, "interrupted")
         return self.apply(prep)
 
-    def refused(self, stage: str, sha: str, error: GitSyncError, *, refused: bool) -> SyncResult:
+    def refused(self, stage: str, sha: str, error: GitSyncError) -> SyncResult:
         """Nothing was written: log it and, when the state is readable, record it once."""
         self.log.error("sync.failed", stage=stage, error=str(error))
         with contextlib.suppress(GitSyncError):
@@ -216,7 +216,7 @@ class _Run:
             last = self.state.history[-1] if self.state.history else None
             if last is None or (last.sha, last.result, last.reason) != (sha, "failed", str(error)):
                 self.persist(self.state.with_history(sha, "failed", reason=str(error)))
-        return self.result(sha, "failed", error=str(error), refused=refused)
+        return self.result(sha, "failed", error=str(error), refused=True)
 
     def apply(self, prep: Prepared) -> SyncResult:
         rev = prep.revision
