@@ -30,6 +30,13 @@ def field_manager(app: str) -> str:
     return f"{FIELD_MANAGER}-{app}"
 
 
+def is_controlled(obj: KubeObject) -> bool:
+    """Made by a controller (an owner reference with ``controller: true``): its owner's
+    to change and delete, never an app's."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("controller") for r in refs)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True, order=True)
 class ObjectRef:
     """Identity of one Kubernetes object; ``namespace`` is "" for cluster-scoped kinds."""

@@ -40,6 +40,7 @@ from gitsync.model import (
     ManifestSet,
     ObjectRef,
     field_manager,
+    is_controlled,
 )
 from gitsync.ownership import Owners
 
@@ -359,7 +360,7 @@ def _prune_candidates(
     out.extend(
         Change(ref=ObjectRef.of(obj), action=Action.PRUNE, live=obj, origin=Origin.LABEL)
         for ident, obj in live.objects.items()
-        if ident not in recorded and not _controlled(obj)
+        if ident not in recorded and not is_controlled(obj)
     )
     return out
 
@@ -385,11 +386,6 @@ class _Autoscaled:
                     hpas += self._kube.list_objects(res)[0]
                 self._targets = hpa_targets(hpas)
             return (ref.namespace, ref.kind, ref.name) in self._targets
-
-
-def _controlled(obj: KubeObject) -> bool:
-    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
-    return any(r.get("controller") for r in refs)
 
 
 def _new_namespaces(kube: Kube, manifests: ManifestSet, live: LiveIndex) -> frozenset[str]:

@@ -444,6 +444,9 @@ class _Run:
             self.log.warning("prune.guarded", reason=pruned.guard, kept=len(pruned.kept))
         for ref in pruned.deleted:
             self.log.info("prune.deleted", object=str(ref))
+        for ref, took in pruned.cascades:
+            listed = [str(r) for r in took.refs[:20]]
+            self.log.warning("prune.cascade", object=str(ref), count=len(took.refs), took=listed)
         for skip in pruned.skipped:
             self.log.info("prune.skipped", object=str(skip.ref), reason=skip.reason)
         return pruned
