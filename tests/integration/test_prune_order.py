@@ -109,8 +109,8 @@ def test_deleting_an_app_prunes_in_reverse_order_with_waits(app: App, kube: Kube
 def test_namespace_delete_counts_what_it_takes_in_the_guard(
     app: App, kube: Kube, kubectl: Kubectl
 ) -> None:
-    """Dropping a Namespace that holds many objects made by hand trips the mass-delete
-    guard, and nothing is deleted."""
+    """Dropping a Namespace that holds objects made by hand (and the app's own ConfigMaps,
+    still in Git) trips the mass-delete guard: all 8 count, and nothing is deleted."""
     app.commit({"ns.yaml": NAMESPACE, "cm.yaml": config_maps("cfg", 3)})
     assert app.sync().result == "synced"
     for i in range(5):
@@ -120,7 +120,7 @@ def test_namespace_delete_counts_what_it_takes_in_the_guard(
         result = app.sync()
     guarded = [e for e in logs if e["event"] == "prune.guarded"]
     assert guarded, [e["event"] for e in logs]
-    assert "6 of 4 object(s)" in guarded[0]["reason"]
-    assert f"5 that deleting Namespace {app.ns} takes along" in guarded[0]["reason"]
+    assert "9 of 4 object(s)" in guarded[0]["reason"]
+    assert f"counting 8 that deleting Namespace {app.ns} takes along" in guarded[0]["reason"]
     assert kube.get(ref("Namespace", app.ns)) is not None
     assert result.result in ("synced", "unchanged")
