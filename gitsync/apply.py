@@ -84,7 +84,8 @@ def apply_plan(
             if c.action is Action.UNCHANGED:
                 live = c.live or {}
                 entries.append(_entry(m, live, manager))
-                objects.append(live)
+                if c.live is not None:  # None: a finished Job its TTL removed
+                    objects.append(live)
         if not todo:
             continue
         with ThreadPoolExecutor(max_workers=min(workers, len(todo))) as pool:

@@ -656,6 +656,11 @@ def compare(
     if live is None:
         if ignored_by_annotation(intent) or any(rule_matches(r, ref, ()) for r in ignore):
             return []
+        if (
+            ref.kind == "Job"
+            and (intent.get("spec") or {}).get("ttlSecondsAfterFinished") is not None
+        ):
+            return []  # removed by its own TTL once finished: not drift
         return [deleted_report(intent, app=app, revision=revision, seen=seen)]
     if ignored_by_annotation(intent, live):
         return []

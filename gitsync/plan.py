@@ -13,7 +13,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gitsync import ignores
@@ -215,6 +215,29 @@ def _served(kube: Kube, ref: ObjectRef, *, refresh: bool) -> Resource | None:
     return disc.for_ref(ref)
 
 
+def _finished_job(m: Manifest, entry: InventoryEntry) -> bool:
+    spec = m.obj.get("spec") or {}
+    return (
+        (m.ref.group, m.ref.kind) == ("batch", "Job")
+        and spec.get("ttlSecondsAfterFinished") is not None
+        and entry.manifest_hash == content_hash(m.obj)
+    )
+
+
+def served_ref(kube: Kube, ref: ObjectRef) -> ObjectRef:
+    """``ref`` at a version the API serves now: a version can stop being served while its
+    objects live on (a CRD moved to v2), and looking them up by the old one orphans them."""
+    disc = kube.discover()
+    if disc.for_ref(ref) is not None:
+        return ref
+    res = disc.preferred.get((ref.group, ref.kind))
+    return ref if res is None else replace(ref, version=res.version)
+
+
+def _at_served_versions(kube: Kube, entries: list[InventoryEntry]) -> list[InventoryEntry]:
+    return [replace(e, ref=served_ref(kube, e.ref)) for e in entries]
+
+
 def make_plan(
     manifests: ManifestSet,
     *,
@@ -243,12 +266,17 @@ def make_plan(
         else:
             ready.append((m, res))
             resources.append(res)
-    stale = [e for e in state.inventory if e.ref.identity() not in desired_ids]
-    unsettled = [
-        e
-        for e in state.pending
-        if e.ref.identity() not in desired_ids and e.ref.identity() not in known
-    ]
+    stale = _at_served_versions(
+        kube, [e for e in state.inventory if e.ref.identity() not in desired_ids]
+    )
+    unsettled = _at_served_versions(
+        kube,
+        [
+            e
+            for e in state.pending
+            if e.ref.identity() not in desired_ids and e.ref.identity() not in known
+        ],
+    )
     for e in (*stale, *unsettled):
         res = _served(kube, e.ref, refresh=False)
         if res is not None:
@@ -286,6 +314,9 @@ def make_plan(
             return Change(
                 ref=ref, action=Action.UNCHANGED, source=m.source, manifest=m, live=current
             )
+        if current is None and entry is not None and _finished_job(m, entry):
+            # A Job Git did not change, deleted by its own ttlSecondsAfterFinished: it ran.
+            return Change(ref=ref, action=Action.UNCHANGED, source=m.source, manifest=m)
         if ref.namespace in new_namespaces:
             # Its Namespace does not exist yet, so neither does it, and a dry-run can only
             # answer 404: the apply stage, after the Namespace stage, validates it.

@@ -28,7 +28,7 @@ from gitsync.model import (
     ObjectRef,
 )
 from gitsync.ownership import Owners
-from gitsync.plan import Action, Change, Origin
+from gitsync.plan import Action, Change, Origin, served_ref
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -206,7 +206,7 @@ class _Run:
 
     def _delete_one(self, ref: ObjectRef, uid: str) -> str:
         try:
-            self.kube.delete(ref, uid=uid)
+            self.kube.delete(served_ref(self.kube, ref), uid=uid)
         except KubeError as e:
             return str(e)
         return ""
@@ -241,7 +241,7 @@ def _wait_gone(kube: Kube, waiting: Sequence[tuple[ObjectRef, str]], timeout: fl
         still = []
         for ref, uid in left:
             try:
-                live = kube.get(ref)
+                live = kube.get(served_ref(kube, ref))
             except KubeError:
                 still.append((ref, uid))
                 continue
