@@ -1,7 +1,8 @@
 """The app's state in the cluster: one Secret ``gitsync-<app>``, gzip+base64 JSON.
 
 A Secret because it keeps rendered manifests, which may hold Secrets. Writes carry the
-resourceVersion read, so two writers never silently overwrite each other. Each inventory
+resourceVersion read, so two writers never silently overwrite each other, and are counted
+as verb "state" apart from writes to the app's objects. Each inventory
 entry also keeps the manifest hash and the owned-field fingerprint from the last apply:
 that is what lets an unchanged resync skip every dry-run.
 """
@@ -189,9 +190,9 @@ def write_state(kube: Kube, state: AppState, *, namespace: str) -> AppState:
     try:
         if state.resource_version:
             body["metadata"]["resourceVersion"] = state.resource_version
-            out = kube.replace(body)
+            out = kube.replace(body, verb="state")
         else:
-            out = kube.create(body)
+            out = kube.create(body, verb="state")
     except ConflictError as e:
         msg = (
             f"state Secret {namespace}/{secret_name(state.app)} was changed by another writer; "
@@ -209,7 +210,10 @@ def ensure_namespace(kube: Kube, namespace: str) -> None:
     ref = ObjectRef(group="", version="v1", kind="Namespace", namespace="", name=namespace)
     if kube.get(ref) is None:
         with contextlib.suppress(ConflictError):
-            kube.create({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}})
+            kube.create(
+                {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
+                verb="state",
+            )
 
 
 __all__ = [

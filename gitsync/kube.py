@@ -453,27 +453,30 @@ class Kube:
         )
         return out
 
-    def create(self, obj: KubeObject) -> KubeObject:
+    def create(self, obj: KubeObject, *, verb: str = "create") -> KubeObject:
+        """POST; ``verb`` names the call in the counters (gitsync's own state: "state")."""
         ref = ObjectRef.of(obj)
         res = self.resource(ref)
         out: KubeObject = self.request(
             "POST",
             res.path(ref.namespace),
-            verb="create",
+            verb=verb,
             query={"fieldManager": FIELD_MANAGER},
             body=obj,
             what=f"create {ref}",
         )
         return out
 
-    def replace(self, obj: KubeObject, *, manager: str = FIELD_MANAGER) -> KubeObject:
+    def replace(
+        self, obj: KubeObject, *, manager: str = FIELD_MANAGER, verb: str = "update"
+    ) -> KubeObject:
         """PUT with the object's resourceVersion: optimistic concurrency."""
         ref = ObjectRef.of(obj)
         res = self.resource(ref)
         out: KubeObject = self.request(
             "PUT",
             res.path(ref.namespace, ref.name),
-            verb="update",
+            verb=verb,
             query={"fieldManager": manager},
             body=obj,
             what=f"update {ref}",

@@ -23,6 +23,7 @@ from gitsync.drift_compare import (
     FieldPath,
     Item,
     differences,
+    gitsync_applied_at,
     hpa_targets,
     ignored_by_annotation,
     path_text,
@@ -381,17 +382,23 @@ def _prune_candidates(
         )
         for e in unsettled
     )
-    # Backstop: labelled for this app, yet neither desired nor recorded anywhere. Objects
-    # a controller made (e.g. Pods from a template carrying our label) are its to delete.
+    # Backstop: labelled for this app and applied by it, yet neither desired nor recorded
+    # anywhere. Objects a controller made (e.g. Pods from a template carrying our label)
+    # are its to delete.
     recorded = (
         desired
         | {e.ref.identity() for e in (*state.inventory, *state.pending)}
         | {ObjectRef.of(o).identity() for o in state.adopted}
     )
+    manager = field_manager(state.app)
     out.extend(
         Change(ref=ObjectRef.of(obj), action=Action.PRUNE, live=obj, origin=Origin.LABEL)
         for ident, obj in live.objects.items()
-        if ident not in recorded and not is_controlled(obj)
+        if ident not in recorded
+        and not is_controlled(obj)
+        # Only what this app's gitsync applied: a look-alike someone labelled by hand is
+        # not ours to delete, whatever its labels say.
+        and gitsync_applied_at(obj, manager=manager)
     )
     return out
 

@@ -330,9 +330,8 @@ class _Run:
             self.log.info("health.waiting", current=current, waiting=waiting, failed=failed)
 
         # Unwritten objects are unchanged by the commit, unless an earlier sync of this same
-        # commit wrote them and ended without a verdict: then everything is judged.
-        last = self.stored.history[-1] if self.stored.history else None
-        regate = last is not None and last.result in _UNJUDGED and last.sha == self.state.revision
+        # commit wrote them (gated again, forced again): then everything is judged.
+        regate = self.stored.revision == self.state.revision
         written = {r.identity() for r in applied.written}
         unchanged = (
             frozenset(() if regate else (ObjectRef.of(o).identity() for o in objects)) - written
@@ -551,9 +550,6 @@ class _Run:
         with contextlib.suppress(GitSyncError):
             self.persist(state.with_history(bad, "rollback-failed", reason=why))
         return self.result(bad, "degraded", error=f"rollback failed: {why}")
-
-
-_UNJUDGED = frozenset({"timed-out", "interrupted"})
 
 
 def _prior(live: KubeObject) -> KubeObject:
