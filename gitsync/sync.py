@@ -22,7 +22,7 @@ from gitsync.gate import ObjectHealth, Verdict, default_timeout, wait_healthy
 from gitsync.health import Health, Status
 from gitsync.inventory import AppState, InventoryEntry
 from gitsync.kube import Kube
-from gitsync.model import Identity, ManifestSet, Revision
+from gitsync.model import Identity, ManifestSet, ObjectRef, Revision
 from gitsync.plan import Action, Plan, make_plan
 from gitsync.prune import PruneResult, prune
 from gitsync.render import render
@@ -147,6 +147,9 @@ class _Run:
                 self.log.info("sync.skipped", reason="commit is quarantined after a rollback")
                 return self.result(revision.sha, "quarantined")
             plan = make_plan(manifests, kube=self.kube, app=app.name, state=state)
+            if not plan.in_sync:
+                # An app too large to record must fail before it changes anything.
+                inventory.check_fits(_projected(state, manifests))
         except GitSyncError as e:
             # Fetch, render or a dry-run refused the commit: nothing was written.
             stage = "plan" if isinstance(e, ApplyError) else "prepare"
@@ -405,6 +408,13 @@ def _record(
     return replace(
         state, revision=sha, inventory=tuple(sorted(merged.values(), key=lambda e: e.ref))
     )
+
+
+def _projected(state: AppState, manifests: ManifestSet) -> AppState:
+    """About the largest state this sync can record: new manifests, old and new inventory."""
+    objects = tuple(m.obj for m in manifests.manifests)
+    added = tuple(InventoryEntry(ref=ObjectRef.of(obj)) for obj in objects)
+    return replace(state, healthy_manifests=objects, inventory=(*state.inventory, *added))
 
 
 def _store(ctx: Context, state: AppState) -> AppState:

@@ -1,11 +1,34 @@
-"""The state Secret format round-trips."""
+"""The state codec: gzip'd JSON that round-trips, stays readable across releases, and is lean."""
 
-from gitsync.inventory import AppState, InventoryEntry, decode, encode
+import base64
+import gzip
+import json
+import random
+import zlib
+
+import pytest
+
+from gitsync import statestore
+from gitsync.errors import StateError
+from gitsync.inventory import AppState, InventoryEntry, check_fits, decode, encode
 from gitsync.model import ObjectRef
 
 
-def test_state_round_trip_and_history_cap():
-    """State encodes to gzip+base64 JSON and back; history keeps the last 20."""
+def _state(n: int = 1) -> AppState:
+    entries = tuple(
+        InventoryEntry(
+            ref=ObjectRef(group="", version="v1", kind="ConfigMap", namespace="n", name=f"c{i}"),
+            manifest_hash=f"h{i}",
+            fingerprint=f"f{i}",
+        )
+        for i in range(n)
+    )
+    manifests = tuple({"kind": "ConfigMap", "metadata": {"name": f"c{i}"}} for i in range(n))
+    return AppState(app="a", revision="abc", inventory=entries, healthy_manifests=manifests)
+
+
+def test_state_round_trip_and_history_cap() -> None:
+    """State encodes to gzip'd JSON and back; history keeps the last 20."""
     ref = ObjectRef(group="apps", version="v1", kind="Deployment", namespace="n", name="w")
     st = AppState(
         app="a",
@@ -22,3 +45,57 @@ def test_state_round_trip_and_history_cap():
     assert back.healthy_manifests == ({"kind": "X"},)
     assert len(back.history) == 20
     assert back.history[-1].sha == "s24"
+
+
+def test_encoding_is_the_compact_sorted_json_of_every_release() -> None:
+    """The piecewise encoder writes exactly the text json.dumps wrote before (gzip, mtime 0)."""
+    st = _state(50).with_history("s", "synced", reason='ü and "quotes"')
+    text = zlib.decompress(encode(st), 47)
+    assert text == json.dumps(st.to_json(), separators=(",", ":"), sort_keys=True).encode()
+    assert encode(st) == encode(st)  # deterministic: no timestamp in the gzip header
+
+
+def test_a_blob_written_by_the_previous_release_decodes() -> None:
+    """gzip.compress output of the old single-Secret format decodes unchanged."""
+    st = _state(3)
+    old = gzip.compress(json.dumps(st.to_json()).encode(), mtime=0)
+    assert decode(old) == st
+
+
+def test_ten_thousand_entries_round_trip() -> None:
+    """A 10,000-entry state with its manifests decodes to an equal state."""
+    st = _state(10_000)
+    assert decode(encode(st)) == st
+
+
+def test_split_covers_the_blob_in_bounded_pieces() -> None:
+    """Chunks are at most CHUNK_BYTES each and join back to the blob."""
+    blob = bytes(range(256)) * 10_000  # 2.44 MiB
+    parts = statestore.split(blob)
+    assert len(parts) == -(-len(blob) // statestore.CHUNK_BYTES) == 4
+    assert all(len(p) <= statestore.CHUNK_BYTES for p in parts)
+    assert b"".join(parts) == blob
+    assert statestore.split(b"") == []
+
+
+def test_check_size_names_app_size_limit_and_remedy() -> None:
+    """An over-limit size is refused with the app, both sizes and what to do."""
+    statestore.check_size("shop", statestore.MAX_STATE_BYTES)
+    with pytest.raises(StateError) as err:
+        statestore.check_size("shop", statestore.MAX_STATE_BYTES + 1)
+    text = str(err.value)
+    assert "'shop'" in text
+    assert "48.0 MiB compressed, more than the 48 MiB" in text
+    assert "split the app" in text
+
+
+def test_check_fits_refuses_an_incompressible_state_over_the_limit() -> None:
+    """check_fits measures the compressed state, so random data over 48 MiB is refused."""
+    # base64 of random bytes compresses to about 3/4: 1.4 x 4/3 x 3/4 = 1.4 times the limit.
+    noise = base64.b64encode(random.Random(7).randbytes(statestore.MAX_STATE_BYTES * 7 // 5))
+    st = AppState(
+        app="huge", healthy_manifests=({"kind": "ConfigMap", "data": {"k": noise.decode()}},)
+    )
+    with pytest.raises(StateError, match="'huge'"):
+        check_fits(st)
+    check_fits(_state(10))  # a small one fits
