@@ -10,6 +10,7 @@ Secret is split, and read back whole, is ``gitsync.statestore``'s business.
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import zlib
 from collections.abc import Iterator
@@ -119,7 +120,7 @@ def encode(state: AppState) -> bytes:
 
 
 def _json_pieces(raw: dict[str, Any]) -> Iterator[str]:
-    """``raw`` as compact sorted JSON; top-level lists one item at a time."""
+    """``raw`` as compact sorted JSON; top-level lists 256 items at a time."""
     dumps = json.JSONEncoder(separators=(",", ":"), sort_keys=True).encode
     yield "{"
     for i, key in enumerate(sorted(raw)):
@@ -127,8 +128,8 @@ def _json_pieces(raw: dict[str, Any]) -> Iterator[str]:
         yield ("," if i else "") + dumps(key) + ":"
         if isinstance(value, list):
             yield "["
-            for j, item in enumerate(value):
-                yield ("," if j else "") + dumps(item)
+            for j in range(0, len(value), 256):
+                yield ("," if j else "") + dumps(value[j : j + 256])[1:-1]
             yield "]"
         else:
             yield dumps(value)
@@ -136,8 +137,22 @@ def _json_pieces(raw: dict[str, Any]) -> Iterator[str]:
 
 
 def decode(blob: bytes, *, resource_version: str = "") -> AppState:
-    raw = json.loads(zlib.decompress(blob, 47))  # wbits 47: gzip or zlib header
-    return AppState.from_json(raw, resource_version=resource_version)
+    # Parsing builds ~100,000 containers for a big app; collection passes while they are
+    # made took 3/4 of the time, and JSON cannot hold reference cycles anyway.
+    with _gc_paused():
+        raw = json.loads(zlib.decompress(blob, 47))  # wbits 47: gzip or zlib header
+        return AppState.from_json(raw, resource_version=resource_version)
+
+
+@contextlib.contextmanager
+def _gc_paused() -> Iterator[None]:
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
 
 
 def check_fits(state: AppState) -> None:

@@ -33,7 +33,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from gitsync import log
-from gitsync.errors import ConflictError, InvalidError, KubeError, StateError
+from gitsync.errors import ConflictError, KubeError, StateError
 from gitsync.kube import Kube
 from gitsync.model import MANAGED_BY_LABEL, MANAGED_BY_VALUE, KubeObject, ObjectRef
 
@@ -316,9 +316,11 @@ def _commit(
             out: KubeObject = kube.replace(body)
         else:
             out = kube.create(body)
-    except (ConflictError, InvalidError) as e:
-        # Refused for certain: nobody points at the chunks just written.
-        _discard(kube, namespace, list(own), app)
+    except KubeError as e:
+        if 400 <= e.status < 500 and e.status not in (408, 429):
+            # Refused for certain: nobody will point at the chunks just written. After a
+            # timeout or a 5xx the head may have been written all the same: keep them.
+            _discard(kube, namespace, list(own), app)
         if isinstance(e, ConflictError):
             msg = (
                 f"state Secret {namespace}/{name} was changed by another writer; "
@@ -326,10 +328,6 @@ def _commit(
             )
         else:
             msg = f"cannot write state Secret {namespace}/{name}: {e}"
-        raise StateError(msg) from e
-    except KubeError as e:
-        # Maybe committed after all (a timeout): keep the chunks; a later sweep decides.
-        msg = f"cannot write state Secret {namespace}/{name}: {e}"
         raise StateError(msg) from e
     return out
 
@@ -387,7 +385,7 @@ def _chunk_metadata(kube: Kube, *, app: str, namespace: str, cached: bool) -> li
         accept=_METADATA_LIST,
         what=f"list state chunks of {app}",
     )
-    return [item.get("metadata") or {} for item in page.get("items", [])]
+    return [item.get("metadata") or {} for item in page.get("items") or []]
 
 
 def _remember(kube: Kube, namespace: str, app: str, generation: _Generation) -> None:

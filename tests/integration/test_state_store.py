@@ -8,6 +8,7 @@ import hashlib
 import json
 import random
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -166,6 +167,7 @@ def test_small_states_stay_inline_in_the_head_with_one_write(kube: Kube, namespa
     assert kube.calls["update"] == 1
     assert kube.calls["create"] == 0
     assert kube.calls["get"] == 0
+    assert kube.calls["list"] == 0
     assert set(head(kube, namespace, "tiny")["data"]) == {"state.json.gz"}
     assert chunks_of(kube, namespace, "tiny") == []
 
@@ -230,7 +232,7 @@ def test_chunks_of_a_crashed_writer_are_swept_by_a_later_write(
 
 def test_a_reader_never_sees_a_torn_state(kube: Kube, kubeconfig: Path, namespace: str) -> None:
     """While a writer swaps generations, every read is one whole written state, never an error."""
-    versions = [big_state("torn", 1_000, seed=s, noise=1 << 20) for s in range(3)]
+    versions = [big_state("torn", 1_000, seed=s, noise=2 << 20) for s in range(3)]
     written = inventory.write_state(kube, versions[0], namespace=namespace)
     reader = Kube.connect(kubeconfig=kubeconfig)
     stop = threading.Event()
@@ -250,7 +252,7 @@ def test_a_reader_never_sees_a_torn_state(kube: Kube, kubeconfig: Path, namespac
     thread = threading.Thread(target=read_loop, daemon=True)
     thread.start()
     try:
-        for i in range(1, 16):
+        for i in range(1, 21):
             written = inventory.write_state(
                 kube,
                 replace(versions[i % 3], resource_version=written.resource_version),
@@ -264,21 +266,64 @@ def test_a_reader_never_sees_a_torn_state(kube: Kube, kubeconfig: Path, namespac
     assert all(s in {"0", "1", "2"} for s in seen), seen
     assert len(set(seen)) >= 2, "the reader should have seen the writer move on"
     assert len(chunks_of(kube, namespace, "torn")) == len(
-        statestore.split(inventory.encode(versions[15 % 3]))
+        statestore.split(inventory.encode(versions[20 % 3]))
     )
+
+
+class OvertakenReader(Kube):
+    """A real client that lets a writer run right after it has read a state head."""
+
+    swap: Callable[[], None] | None = None
+
+    def get(self, ref: ObjectRef) -> dict[str, Any] | None:
+        obj = super().get(ref)
+        if self.swap is not None and ref.name.startswith("gitsync-") and "." not in ref.name:
+            swap, self.swap = self.swap, None
+            swap()
+        return obj
+
+
+def test_a_read_overtaken_by_a_generation_swap_returns_the_new_state(
+    kube: Kube, kubeconfig: Path, namespace: str
+) -> None:
+    """Head read, then the writer swaps and deletes those chunks: the read retries, whole."""
+    old, new = (big_state("race2", 1_000, seed=s, noise=1 << 20) for s in (7, 8))
+    written = inventory.write_state(kube, old, namespace=namespace)
+    old_chunks = chunks_of(kube, namespace, "race2")
+    reader = OvertakenReader.connect(kubeconfig=kubeconfig)
+
+    def swap() -> None:
+        inventory.write_state(
+            kube, replace(new, resource_version=written.resource_version), namespace=namespace
+        )
+
+    reader.swap = swap
+    read = inventory.read_state(reader, app="race2", namespace=namespace)
+    assert reader.swap is None, "the writer ran between the head and its chunks"
+    assert not set(old_chunks) & set(chunks_of(kube, namespace, "race2"))
+    assert same(read, new)
+
+
+def test_a_head_whose_chunk_is_gone_is_reported_as_damaged(kube: Kube, namespace: str) -> None:
+    """A chunk lost for good (not a swap) is a StateError that names it and says what to do."""
+    inventory.write_state(kube, big_state("lost", 1_000, seed=9), namespace=namespace)
+    victim = chunks_of(kube, namespace, "lost")[0]
+    kube.delete(replace(SECRETS, namespace=namespace, name=victim))
+    with pytest.raises(StateError) as err:
+        inventory.read_state(kube, app="lost", namespace=namespace)
+    assert f"chunk Secret {namespace}/{victim} is missing" in str(err.value)
+    assert "restore the Secrets gitsync-lost* from a backup" in str(err.value)
 
 
 def test_a_state_over_the_limit_is_refused_before_anything_is_written(
     kube: Kube, namespace: str
 ) -> None:
-    """check_fits and write_state refuse an unrecordable state; no Secret is created."""
+    """write_state refuses an unrecordable state (check_fits's rule) before creating anything."""
     noise = base64.b64encode(random.Random(9).randbytes(statestore.MAX_STATE_BYTES * 7 // 5))
     st = AppState(
         app="huge", healthy_manifests=({"kind": "ConfigMap", "data": {"k": noise.decode()}},)
     )
     with pytest.raises(StateError, match="more than the 48 MiB"):
-        inventory.check_fits(st)
-    with pytest.raises(StateError, match="split the app"):
         inventory.write_state(kube, st, namespace=namespace)
     assert chunks_of(kube, namespace, "huge") == []
     assert kube.get(replace(SECRETS, namespace=namespace, name="gitsync-huge")) is None
@@ -322,3 +367,12 @@ def test_drift_reads_an_intent_kept_in_chunks(app: App, kube: Kube, kubectl: Kub
         recorder.wait("drift.detected", field="data.mode", live="red")
     finally:
         watcher.stop()
+
+
+def test_deleting_an_app_state_removes_its_head_and_every_chunk(kube: Kube, namespace: str) -> None:
+    """statestore.delete leaves no Secret of the app behind, and the app reads as new."""
+    inventory.write_state(kube, big_state("gone", 1_000, seed=6), namespace=namespace)
+    assert chunks_of(kube, namespace, "gone")
+    statestore.delete(kube, app="gone", namespace=namespace)
+    assert chunks_of(kube, namespace, "gone") == []
+    assert inventory.read_state(kube, app="gone", namespace=namespace) == AppState(app="gone")

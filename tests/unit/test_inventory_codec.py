@@ -49,7 +49,7 @@ def test_state_round_trip_and_history_cap() -> None:
 
 def test_encoding_is_the_compact_sorted_json_of_every_release() -> None:
     """The piecewise encoder writes exactly the text json.dumps wrote before (gzip, mtime 0)."""
-    st = _state(50).with_history("s", "synced", reason='ü and "quotes"')
+    st = _state(600).with_history("s", "synced", reason='ü and "quotes"')
     text = zlib.decompress(encode(st), 47)
     assert text == json.dumps(st.to_json(), separators=(",", ":"), sort_keys=True).encode()
     assert encode(st) == encode(st)  # deterministic: no timestamp in the gzip header
