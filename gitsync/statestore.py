@@ -230,6 +230,7 @@ def store(kube: Kube, blob: bytes, *, app: str, namespace: str, resource_version
     rv = str(head["metadata"]["resourceVersion"])
     _remember(kube, namespace, app, _Generation(resource_version=rv, chunks=chunks))
     logger = log.get(app=app)
+    logger.debug("state.written", bytes=len(blob), chunks=len(chunks), replaced=len(before))
     for name in before:
         _delete_quietly(kube, namespace, name, logger)
     # Orphans come from crashed or losing writers: look for them on this process's first

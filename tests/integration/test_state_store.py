@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from gitsync import inventory, statestore
 from gitsync.drift import DriftSettings, DriftWatcher, scan
@@ -329,12 +330,15 @@ def test_a_state_over_the_limit_is_refused_before_anything_is_written(
     assert kube.get(replace(SECRETS, namespace=namespace, name="gitsync-huge")) is None
 
 
-CONFIG = """\
+NAMESPACE = """\
 apiVersion: v1
 kind: Namespace
 metadata:
   name: {ns}
----
+"""
+CONFIG = (
+    NAMESPACE
+    + """---
 apiVersion: v1
 kind: ConfigMap
 metadata:
@@ -343,6 +347,7 @@ metadata:
 data:
   mode: blue
 """
+)
 
 
 def test_drift_reads_an_intent_kept_in_chunks(app: App, kube: Kube, kubectl: Kubectl) -> None:
@@ -376,3 +381,116 @@ def test_deleting_an_app_state_removes_its_head_and_every_chunk(kube: Kube, name
     statestore.delete(kube, app="gone", namespace=namespace)
     assert chunks_of(kube, namespace, "gone") == []
     assert inventory.read_state(kube, app="gone", namespace=namespace) == AppState(app="gone")
+
+
+WEB = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: {{ns}}
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {{{{app: web}}}}
+  template:
+    metadata:
+      labels: {{{{app: web{behavior}}}}}
+    spec:
+      containers:
+        - name: web
+          image: {image}
+"""
+
+
+def large_config(name: str, seed: int) -> str:
+    """A ConfigMap of 900 KB that does not compress (a bundled file, a certificate chain)."""
+    blob = base64.b64encode(random.Random(seed).randbytes(675_000)).decode()
+    meta = f"metadata:\n  name: {name}\n  namespace: {{ns}}\n"
+    return f"apiVersion: v1\nkind: ConfigMap\n{meta}data:\n  blob: {blob}\n"
+
+
+@pytest.mark.git
+def test_megabytes_of_manifests_sync_and_roll_back_from_chunks(app: App, kube: Kube) -> None:
+    """Four 900 KB ConfigMaps and a Deployment sync; a bad commit rolls back from chunks."""
+    good = {f"big-{i}.yaml": large_config(f"big-{i}", i) for i in range(4)}
+    web = WEB.format(image="registry.invalid/web:1", behavior="")
+    files = {"ns.yaml": NAMESPACE, "web.yaml": web, **good}
+    v1 = app.commit(files, "v1")
+    first = app.sync()
+    assert first.result == "synced", first.error
+    state_ns = app.ctx.state_namespace
+    assert len(chunks_of(kube, state_ns, app.name)) >= 3
+    bad_web = WEB.format(image="web:2", behavior=", gitsync.test/behavior: crashloop")
+    app.commit({**files, "big-0.yaml": large_config("big-0", 99), "web.yaml": bad_web}, "v2")
+    result = app.sync()
+    assert result.result == "rolled-back", result.error
+    assert result.rolled_back_to == v1
+    live = kube.get(
+        ObjectRef(group="", version="v1", kind="ConfigMap", namespace=app.ns, name="big-0")
+    )
+    assert live is not None
+    assert live["data"]["blob"] == base64.b64encode(random.Random(0).randbytes(675_000)).decode()
+    st = inventory.read_state(kube, app=app.name, namespace=state_ns)
+    assert st.healthy_revision == v1
+    assert len(st.healthy_manifests) == 6
+
+
+def test_the_shipped_role_allows_everything_the_state_store_does(
+    kube: Kube, kubectl: Kubectl, kubeconfig: Path, namespace: str, tmp_path: Path
+) -> None:
+    """A ServiceAccount holding only config/role.yaml writes, swaps, sweeps, reads, watches."""
+    role = yaml.safe_load((Path(__file__).parents[2] / "config" / "role.yaml").read_text())
+    role["metadata"]["namespace"] = namespace
+    kube.create(role)
+    kube.create(
+        {
+            "apiVersion": "v1",
+            "kind": "ServiceAccount",
+            "metadata": {"name": "gs", "namespace": namespace},
+        }
+    )
+    kube.create(
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": {"name": "gs", "namespace": namespace},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "gitsync"},
+            "subjects": [{"kind": "ServiceAccount", "name": "gs", "namespace": namespace}],
+        }
+    )
+    token = kubectl("create", "token", "gs", "-n", namespace, "--duration=10m").stdout.strip()
+    admin = yaml.safe_load(kubeconfig.read_text())
+    sa_config = tmp_path / "sa.kubeconfig"
+    sa_config.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "test", "cluster": admin["clusters"][0]["cluster"]}],
+                "users": [{"name": "sa", "user": {"token": token}}],
+                "contexts": [{"name": "sa", "context": {"cluster": "test", "user": "sa"}}],
+                "current-context": "sa",
+            }
+        )
+    )
+    sa = Kube.connect(kubeconfig=sa_config)
+    st = inventory.write_state(sa, big_state("rbac", 1_000, seed=10), namespace=namespace)
+    st = inventory.write_state(sa, replace(st, revision="e" * 40), namespace=namespace)
+    assert len(chunks_of(kube, namespace, "rbac")) == len(statestore.split(inventory.encode(st)))
+    assert same(inventory.read_state(sa, app="rbac", namespace=namespace), st)
+    # The drift watcher's state stream: LIST then WATCH the heads by label.
+    res = sa.resource(SECRETS)
+    _items, rv = sa.list_objects(
+        res, namespace=namespace, label_selector=f"{statestore.STATE_LABEL}=rbac"
+    )
+    events = sa.watch(
+        res,
+        namespace=namespace,
+        label_selector=f"{statestore.STATE_LABEL}=rbac",
+        resource_version=rv,
+        timeout_seconds=1,
+    )
+    assert [kind for kind, _obj in events if kind != "BOOKMARK"] == []
+    statestore.delete(sa, app="rbac", namespace=namespace)
+    assert chunks_of(kube, namespace, "rbac") == []
