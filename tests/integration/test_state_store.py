@@ -319,12 +319,14 @@ def test_a_head_whose_chunk_is_gone_is_reported_as_damaged(kube: Kube, namespace
 def test_a_state_over_the_limit_is_refused_before_anything_is_written(
     kube: Kube, namespace: str
 ) -> None:
-    """write_state refuses an unrecordable state (check_fits's rule) before creating anything."""
+    """check_fits refuses a state of 67 MB compressed, and write_state creates nothing."""
     noise = base64.b64encode(random.Random(9).randbytes(statestore.MAX_STATE_BYTES * 7 // 5))
     st = AppState(
         app="huge", healthy_manifests=({"kind": "ConfigMap", "data": {"k": noise.decode()}},)
     )
     with pytest.raises(StateError, match="more than the 48 MiB"):
+        inventory.check_fits(st)
+    with pytest.raises(StateError, match="split the app"):
         inventory.write_state(kube, st, namespace=namespace)
     assert chunks_of(kube, namespace, "huge") == []
     assert kube.get(replace(SECRETS, namespace=namespace, name="gitsync-huge")) is None
