@@ -46,6 +46,7 @@ demo-down: venv
 bench: venv testcluster
 	PATH="$(TESTCLUSTER_PATH)" $(BIN)/python -m tests.bench.bench_sync
 	PATH="$(TESTCLUSTER_PATH)" $(BIN)/python -m tests.bench.bench_drift
+	PATH="$(TESTCLUSTER_PATH)" $(BIN)/python -m tests.bench.bench_state
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

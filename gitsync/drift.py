@@ -16,19 +16,19 @@ fight with someone, and stops (``drift.fight``). ``scan`` is the same compare, o
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import heapq
 import itertools
 import queue
 import threading
 import time
+import zlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
-from gitsync import events, ignores, inventory, log, metrics
+from gitsync import events, ignores, inventory, log, metrics, statestore
 from gitsync.config import AppConfig
 from gitsync.drift_compare import (
     EXPECTED_MANAGERS,
@@ -46,13 +46,13 @@ from gitsync.drift_compare import (
     writers,
     written_at,
 )
-from gitsync.errors import KubeError, NotFoundError
+from gitsync.errors import KubeError, NotFoundError, StateError
 from gitsync.fields import content_hash
 from gitsync.inventory import AppState
 from gitsync.kube import Kube, WatchCancel
 from gitsync.model import APP_LABEL, Identity, KubeObject, ObjectRef, field_manager
 
-STATE_LABEL: Final = "gitsync.io/state-of"
+STATE_LABEL: Final = statestore.STATE_LABEL
 
 KindKey: TypeAlias = tuple[str, str]
 _STATE: Final[KindKey] = ("", "(state)")
@@ -117,15 +117,21 @@ class _Stop:
 _Message: TypeAlias = _Listed | _Changed | _NewIntents | _Resume | _Stop
 
 
-def state_from_secret(secret: Mapping[str, Any]) -> AppState | None:
-    """Decode the app state a state Secret carries; None if it carries none."""
-    data = (secret.get("data") or {}).get(inventory.STATE_KEY)
-    if not data:
+def read_intent(kube: Kube, app: str, state_namespace: str) -> tuple[AppState, str] | None:
+    """The app's stored state and when it was written; None if none is stored.
+
+    Read whole through the state store, never decoded from a watched head Secret: a
+    large state's head only points at chunk Secrets. Raises StateError if unreadable.
+    """
+    stored = statestore.load(kube, app=app, namespace=state_namespace)
+    if stored.head is None or stored.blob is None:
         return None
     try:
-        return inventory.decode(base64.b64decode(data).decode())
-    except (ValueError, KeyError, TypeError, OSError):
-        return None
+        state = inventory.decode(stored.blob, resource_version=stored.resource_version)
+    except (ValueError, KeyError, TypeError, zlib.error) as e:
+        msg = f"the state of app {app!r} in {state_namespace} is unreadable: {e}"
+        raise StateError(msg) from e
+    return state, written_at(stored.head)
 
 
 class _Stream:
@@ -391,11 +397,17 @@ class DriftWatcher:
         secrets = message.items if isinstance(message, _Listed) else [message.obj]
         if isinstance(message, _Changed) and message.type == "DELETED":
             return  # keep the last known intent: a lost Secret is not a new desired state
-        for secret in secrets:
-            state = state_from_secret(secret)
-            if state is None or state.app != self.app.name:
-                continue
-            self._install(state.healthy_manifests, state.healthy_revision, written_at(secret))
+        head = inventory.secret_name(self.app.name)
+        if any((s.get("metadata") or {}).get("name") == head for s in secrets):
+            # The head changed: read the state it now stands for (it may be in chunks).
+            try:
+                found = read_intent(self.kube, self.app.name, self.state_namespace)
+            except (StateError, KubeError) as e:
+                self.log.warning("drift.state_unreadable", error=str(e))
+                found = None
+            if found is not None:
+                state, synced_at = found
+                self._install(state.healthy_manifests, state.healthy_revision, synced_at)
         if not self._state_known:
             self._state_known = True
             self._check_ready()
@@ -473,21 +485,14 @@ class DriftWatcher:
         """After a sync here: its state now, then a full compare, and heals if wanted."""
         if self._held():
             return
-        state_ref = ObjectRef(
-            group="",
-            version="v1",
-            kind="Secret",
-            namespace=self.state_namespace,
-            name=inventory.secret_name(self.app.name),
-        )
         try:
-            secret = self.kube.get(state_ref)
-        except KubeError as e:
+            found = read_intent(self.kube, self.app.name, self.state_namespace)
+        except (StateError, KubeError) as e:
             self.log.warning("drift.state_unreadable", error=str(e))
-            secret = None
-        state = state_from_secret(secret) if secret is not None else None
-        if secret is not None and state is not None:
-            self._install(state.healthy_manifests, state.healthy_revision, written_at(secret))
+            found = None
+        if found is not None:
+            state, synced_at = found
+            self._install(state.healthy_manifests, state.healthy_revision, synced_at)
         else:
             for ident in list(self._live):
                 self._evaluate(ident)
@@ -785,18 +790,10 @@ def scan(
 ) -> DriftSet:
     """The app's drift now, from one LIST per managed kind: ``gitsync status``."""
     settings = settings or DriftSettings()
-    state_ref = ObjectRef(
-        group="",
-        version="v1",
-        kind="Secret",
-        namespace=state_namespace,
-        name=inventory.secret_name(app.name),
-    )
-    secret = kube.get(state_ref)
-    state = state_from_secret(secret) if secret is not None else None
-    if secret is None or state is None:
+    found = read_intent(kube, app.name, state_namespace)
+    if found is None:
         return DriftSet()
-    synced_at = written_at(secret)
+    state, synced_at = found
     intents = {ObjectRef.of(o).identity(): o for o in state.healthy_manifests}
     live: dict[Identity, KubeObject] = {}
     kinds = {(r.group, r.kind): r for r in map(ObjectRef.of, intents.values())}

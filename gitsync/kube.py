@@ -483,7 +483,14 @@ class Kube:
         )
         return out
 
-    def delete(self, ref: ObjectRef, *, uid: str = "", propagation: str = "Background") -> bool:
+    def delete(
+        self,
+        ref: ObjectRef,
+        *,
+        uid: str = "",
+        propagation: str = "Background",
+        verb: str = "delete",
+    ) -> bool:
         """Delete; with ``uid`` only that incarnation. False if it was already gone."""
         res = self.resource(ref)
         body: dict[str, Any] = {
@@ -497,7 +504,7 @@ class Kube:
             self.request(
                 "DELETE",
                 res.path(ref.namespace, ref.name),
-                verb="delete",
+                verb=verb,
                 body=body,
                 what=f"delete {ref}",
             )

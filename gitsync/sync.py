@@ -195,7 +195,9 @@ class _Run:
                 owners=self.owners,
                 ignore=app.ignore,
             )
-            inventory.check_fits(_projected(state, revision.sha, plan, manifests))
+            if not plan.in_sync:
+                # An app too large to record must fail before it changes anything.
+                inventory.check_fits(_projected(state, revision.sha, plan, manifests))
         except GitSyncError as e:
             # A dry-run refused the commit, or its state could not be recorded: no writes.
             return self.refused("plan", revision.sha, e)
@@ -558,15 +560,20 @@ def _prior(live: KubeObject) -> KubeObject:
 
 
 def _projected(state: AppState, sha: str, plan: Plan, manifests: ManifestSet) -> AppState:
-    """The largest state this sync may record, to refuse an app that cannot be recorded."""
+    """About the largest state this sync may record (its write-ahead record included), so
+    an app that cannot be recorded is refused before anything is written."""
+    known = {e.ref.identity() for e in state.inventory}
     entries = [
         InventoryEntry(ref=c.ref, manifest_hash="0" * 64, fingerprint="0" * 64)
         for c in plan.changes
     ]
+    priors = [c.live for c in plan.changes if c.live is not None and c.ref.identity() not in known]
     return replace(
         state,
         revision=sha,
         inventory=(*state.inventory, *entries),
+        pending=(*state.pending, *entries),
+        adopted=(*state.adopted, *priors),
         healthy_manifests=tuple(m.obj for m in manifests.manifests),
     )
 
