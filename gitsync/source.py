@@ -1,11 +1,9 @@
 """The fetch stage: one app's repository at one ref, checked out, as a ``Revision``.
 
-Layout of ``cache_dir`` (nothing in it is named after the URL, which may hold a user)::
-
-    askpass.sh                      answers git's credential prompts from the environment
-    <sha256(url)>/lock              flock: one fetch per repository at a time
-    <sha256(url)>/repo.git          bare object store, shallow where possible
-    <sha256(url)>/trees/<sha(ref)>  a ``git worktree`` per ref, reset on every fetch
+The cache (layout in ``gitcache``) holds one bare store per repository and one read-only
+tree per commit, exported whole and renamed into place; ``checkout`` pins the tree while
+its block runs, so a render reads exactly the commit it records even while another app
+fetches a newer commit of the same repository and ref.
 
 Credentials never reach argv, the URL or ``.git/config``: https secrets travel in
 environment variables read by ``askpass.sh``, ssh uses an explicit key and
@@ -21,14 +19,12 @@ the deadline) and reads the commit; its errors are translated here, once, into
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
+import dataclasses
 import ipaddress
 import math
 import os
 import re
 import shlex
-import shutil
 import signal
 import stat
 import subprocess
@@ -43,6 +39,7 @@ from urllib.parse import urlsplit
 
 import git
 
+from gitsync import gitcache
 from gitsync.errors import SourceError
 from gitsync.log import mask_url
 from gitsync.model import Revision
@@ -50,6 +47,7 @@ from gitsync.model import Revision
 __all__ = [
     "GitAuth",
     "SourceSpec",
+    "checkout",
     "fetch",
     "validate_path",
     "validate_ref",
@@ -297,10 +295,6 @@ def validate_path(path: str) -> str:
     return path
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Runner:
     """Runs git for one fetch: shared environment, one deadline, masked errors."""
@@ -463,62 +457,65 @@ def _environment(
 
 
 @contextlib.contextmanager
-def _locked(path: Path, runner: _Runner) -> Iterator[None]:
-    """One fetch per repository at a time, across processes; waiting counts as fetch time."""
-    with path.open("a") as handle:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                runner.remaining("waiting for the cache lock")
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def checkout(spec: SourceSpec, *, cache_dir: Path, timeout: float) -> Iterator[Revision]:
+    """Fetch ``spec.ref`` of ``spec.url`` and yield its commit, checked out and pinned.
+
+    The tree under ``Revision.path`` is exactly that commit and stays unchanged and on
+    disk until the block ends, whatever other fetches of the repository do meanwhile.
+    Shallow (depth 1) for branches, tags and full shas; an abbreviated sha, or a full sha
+    the server will not serve by name, costs one full fetch (later ones find it in the
+    cache). Force-pushes are followed. Raises ``SourceError`` for every failure, within
+    ``timeout`` seconds.
+    """
+    cache_dir = cache_dir.resolve()
+    store = gitcache.Store.of(cache_dir, spec.url)
+    deadline = time.monotonic() + timeout
+    where = mask_url(spec.url)
+
+    def waiting() -> None:
+        if time.monotonic() > deadline:
+            msg = f"waiting for the cache lock from {where} timed out after {timeout:g}s"
+            raise SourceError(msg)
+
+    with contextlib.ExitStack() as pins:
+        with gitcache.locked(store, waiting=waiting):
+            runner = _Runner(
+                env=_environment(spec, cache_dir=cache_dir, store=store.root, timeout=timeout),
+                deadline=deadline,
+                timeout=timeout,
+                where=where,
+                secrets=tuple(s for s in (spec.auth.secret,) if s),
+            )
+            if not (store.repo / "HEAD").exists():
+                runner.run(
+                    ["init", "--quiet", "--bare", str(store.repo)],
+                    what="creating the cache",
+                    cwd=store.root,
+                )
+            sha = _fetch_commit(spec, runner, store.repo)
+            tree = _export(runner, store, sha)
+            pins.enter_context(gitcache.pin(store, sha))
+            revision = _describe(store.repo, sha, ref=spec.ref, path=_app_dir(tree, spec.path))
+        yield revision
 
 
 def fetch(spec: SourceSpec, *, cache_dir: Path, timeout: float) -> Revision:
-    """Fetch ``spec.ref`` of ``spec.url``, check it out, and describe the commit.
-
-    Shallow (depth 1) for branches, tags and full shas; an abbreviated sha, or a
-    full sha the server will not serve by name, costs a full fetch. Force-pushes are
-    followed. Raises ``SourceError`` for every failure, within ``timeout`` seconds.
-    """
-    cache_dir = cache_dir.resolve()
-    store = cache_dir / _digest(spec.url)[:32]
-    try:
-        (store / "trees").mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as e:
-        msg = f"cannot create the git cache directory {store}: {e.strerror}"
-        raise SourceError(msg) from e
-    secrets = tuple(s for s in (spec.auth.secret,) if s)
-    runner = _Runner(
-        env=_environment(spec, cache_dir=cache_dir, store=store, timeout=timeout),
-        deadline=time.monotonic() + timeout,
-        timeout=timeout,
-        where=mask_url(spec.url),
-        secrets=secrets,
-    )
-    repo_dir = store / "repo.git"
-    with _locked(store / "lock", runner):
-        if not (repo_dir / "HEAD").exists():
-            runner.run(
-                ["init", "--quiet", "--bare", str(repo_dir)], what="creating the cache", cwd=store
-            )
-        sha = _fetch_commit(spec, runner, repo_dir)
-        tree = store / "trees" / _digest(spec.ref)[:16]
-        _checkout(runner, repo_dir, tree, sha)
-        app_dir = _app_dir(tree, spec.path)
-        return _describe(repo_dir, sha, ref=spec.ref, path=app_dir)
+    """``checkout`` without the pin: the tree stays until the cache's GC finds that no
+    configured app's ref points at it. Renders use ``checkout``."""
+    with checkout(spec, cache_dir=cache_dir, timeout=timeout) as revision:
+        return revision
 
 
 def _fetch_commit(spec: SourceSpec, runner: _Runner, repo_dir: Path) -> str:
     """Bring the wanted commit into the store; return its full sha."""
     ref = spec.ref
-    local = f"refs/gitsync/{_digest(ref)[:16]}"
+    local = gitcache.ref_name(ref)
     what = f"fetching {ref!r}"
+    if _FULL_SHA.fullmatch(ref) or _SHORT_SHA.fullmatch(ref):
+        with contextlib.suppress(SourceError):  # a commit never changes: no need to ask again
+            known = _rev_parse(runner, repo_dir, f"{local}^{{commit}}", what=what)
+            if known.startswith(ref):
+                return known
     base = ["--git-dir", str(repo_dir), "fetch", "--quiet", "--no-tags", "--no-write-fetch-head"]
     try:
         runner.run(
@@ -566,25 +563,54 @@ def _rev_parse(runner: _Runner, repo_dir: Path, rev: str, *, what: str) -> str:
     return out.strip()
 
 
-def _checkout(runner: _Runner, repo_dir: Path, tree: Path, sha: str) -> None:
-    """Make ``tree`` exactly ``sha``: no leftovers from earlier commits or local edits."""
+def _export(runner: _Runner, store: gitcache.Store, sha: str) -> Path:
+    """The read-only tree of ``sha``: reused if unmodified, else exported and renamed in."""
+    tree = store.tree(sha)
+    if tree.is_dir():
+        if _unmodified(runner, store, sha):
+            return tree
+        if gitcache.pinned(store, sha):
+            msg = (
+                f"the cached checkout of {sha[:12]} was modified while a render reads it; "
+                "it is rebuilt on the next fetch after that render"
+            )
+            raise SourceError(msg)
+        gitcache.remove(tree)
     what = f"checking out {sha[:12]}"
-    if (tree / ".git").is_file():
-        try:
-            runner.run(["checkout", "--quiet", "--force", "--detach", sha], what=what, cwd=tree)
-            runner.run(["clean", "-ffdxq"], what=what, cwd=tree)
-        except SourceError:
-            pass  # a damaged worktree is rebuilt below
-        else:
-            return
-    shutil.rmtree(tree, ignore_errors=True)
-    git_dir = ["--git-dir", str(repo_dir)]
-    runner.run([*git_dir, "worktree", "prune"], what=what, cwd=repo_dir)
-    runner.run(
-        [*git_dir, "worktree", "add", "--quiet", "--force", "--detach", str(tree), sha],
-        what=what,
-        cwd=repo_dir,
-    )
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{sha[:12]}-", dir=store.trees))
+    index = tmp.with_name(tmp.name + ".index")
+    git = ["--git-dir", str(store.repo), "--work-tree", str(tmp)]
+    with_index = dataclasses.replace(runner, env={**runner.env, "GIT_INDEX_FILE": str(index)})
+    try:
+        with_index.run([*git, "read-tree", sha], what=what, cwd=tmp)
+        with_index.run([*git, "checkout-index", "--all", "--force"], what=what, cwd=tmp)
+        gitcache.seal(tmp)
+        # Sealing changed ctimes: record the final stat data, so the reuse check stays cheap.
+        with_index.run([*git, "update-index", "-q", "--refresh"], what=what, cwd=tmp)
+        index.replace(store.index(sha))
+        tmp.rename(tree)
+    except BaseException:
+        gitcache.remove(tmp)
+        index.unlink(missing_ok=True)
+        raise
+    return tree
+
+
+def _unmodified(runner: _Runner, store: gitcache.Store, sha: str) -> bool:
+    """Whether the cached tree still holds exactly ``sha``: stat check, then untracked files."""
+    index = store.index(sha)
+    if not index.is_file():
+        return False
+    tree = store.tree(sha)
+    git = ["--git-dir", str(store.repo), "--work-tree", str(tree)]
+    with_index = dataclasses.replace(runner, env={**runner.env, "GIT_INDEX_FILE": str(index)})
+    what = f"checking the cached checkout of {sha[:12]}"
+    try:
+        with_index.run([*git, "diff-files", "--quiet"], what=what, cwd=tree)
+        extra = with_index.run([*git, "ls-files", "--others", "-z"], what=what, cwd=tree)
+    except _GitFailed:
+        return False
+    return not extra
 
 
 def _app_dir(tree: Path, path: str) -> Path:
