@@ -174,13 +174,38 @@ def seal(root: Path) -> None:
     for top, dirs, files in os.walk(root, topdown=False):
         for name in files:
             p = os.path.join(top, name)  # noqa: PTH118 - os.walk gives strings
-            if not os.path.islink(p):  # noqa: PTH114
-                os.chmod(p, stat.S_IMODE(os.lstat(p).st_mode) & ~0o222)  # noqa: PTH101
+            mode = stat.S_IMODE(os.lstat(p).st_mode)
+            # Linked files of an older tree are sealed already: leave their inode alone.
+            if not os.path.islink(p) and mode & 0o222:  # noqa: PTH114
+                os.chmod(p, mode & ~0o222)  # noqa: PTH101
         for name in dirs:
             p = os.path.join(top, name)  # noqa: PTH118
             if not os.path.islink(p):  # noqa: PTH114
                 os.chmod(p, 0o500)  # noqa: PTH101
     root.chmod(0o500)
+
+
+def link_copy(source: Path, into: Path) -> None:
+    """Copy ``source`` into the existing directory ``into``: new directories, hard-linked
+    files, symlinks recreated. Linked files stay shared, so neither copy may be written."""
+    for top, dirs, files in os.walk(source):
+        rel = os.path.relpath(top, source)
+        target = into / rel if rel != "." else into
+        for name in dirs + files:
+            src = os.path.join(top, name)  # noqa: PTH118 - os.walk gives strings
+            dst = target / name
+            if os.path.islink(src):  # noqa: PTH114
+                dst.symlink_to(os.readlink(src))  # noqa: PTH115
+            elif name in dirs:
+                dst.mkdir(mode=0o700)
+            else:
+                os.link(src, dst)
+
+
+def empty(path: Path) -> None:
+    """Delete what is inside ``path``, keep ``path``."""
+    for child in list(path.iterdir()):
+        remove(child)
 
 
 def remove(path: Path) -> None:

@@ -25,6 +25,7 @@ import math
 import os
 import re
 import shlex
+import shutil
 import signal
 import stat
 import subprocess
@@ -435,6 +436,8 @@ def _environment(
         "transfer.fsckObjects": "true",
         "advice.detachedHead": "false",
         "gc.autoDetach": "false",
+        # Trees share inodes through hard links, and a new link changes an inode's ctime.
+        "core.trustctime": "false",
     }
     env = {
         "GIT_TERMINAL_PROMPT": "0",
@@ -582,10 +585,12 @@ def _export(runner: _Runner, store: gitcache.Store, sha: str) -> Path:
     git = ["--git-dir", str(store.repo), "--work-tree", str(tmp)]
     with_index = dataclasses.replace(runner, env={**runner.env, "GIT_INDEX_FILE": str(index)})
     try:
-        with_index.run([*git, "read-tree", sha], what=what, cwd=tmp)
-        with_index.run([*git, "checkout-index", "--all", "--force"], what=what, cwd=tmp)
+        base = _base(runner, store, sha)
+        if base is None or not _from_base(with_index, store, base, sha, tmp=tmp, index=index):
+            with_index.run([*git, "read-tree", sha], what=what, cwd=tmp)
+            with_index.run([*git, "checkout-index", "--all", "--force"], what=what, cwd=tmp)
         gitcache.seal(tmp)
-        # Sealing changed ctimes: record the final stat data, so the reuse check stays cheap.
+        # Record the final stat data, so the reuse check stays a stat check.
         with_index.run([*git, "update-index", "-q", "--refresh"], what=what, cwd=tmp)
         index.replace(store.index(sha))
         tmp.rename(tree)
@@ -594,6 +599,41 @@ def _export(runner: _Runner, store: gitcache.Store, sha: str) -> Path:
         index.unlink(missing_ok=True)
         raise
     return tree
+
+
+def _base(runner: _Runner, store: gitcache.Store, sha: str) -> str | None:
+    """The newest cached tree other than ``sha``, if unmodified: unchanged files link to it."""
+    built = [(p.stat().st_mtime, p.name.removesuffix(".index")) for p in store.meta.glob("*.index")]
+    for _, base in sorted(built, reverse=True):
+        if base != sha and store.tree(base).is_dir():
+            return base if _unmodified(runner, store, base) else None
+    return None
+
+
+def _from_base(
+    runner: _Runner, store: gitcache.Store, base: str, sha: str, *, tmp: Path, index: Path
+) -> bool:
+    """Fill ``tmp`` with ``sha`` by hard-linking ``base``'s files and letting git switch.
+
+    Writing every file of a large repository costs seconds; links cost little. git
+    replaces a changed file by unlinking it and creating a new one, so ``base`` (whose
+    files are read-only) is never written through a shared link. False if it did not
+    work (e.g. ``base``'s objects were pruned): the caller exports ``sha`` whole.
+    """
+    try:
+        gitcache.link_copy(store.tree(base), tmp)
+        shutil.copyfile(store.index(base), index)
+        git = ["--git-dir", str(store.repo), "--work-tree", str(tmp)]
+        runner.run(
+            [*git, "read-tree", "-m", "-u", base, sha],
+            what=f"checking out {sha[:12]}",
+            cwd=tmp,
+        )
+    except (_GitFailed, OSError):
+        gitcache.empty(tmp)
+        index.unlink(missing_ok=True)
+        return False
+    return True
 
 
 def _unmodified(runner: _Runner, store: gitcache.Store, sha: str) -> bool:

@@ -316,3 +316,20 @@ def test_cache_size_metric_follows_gc(make_repo: MakeRepo, tmp_path: Path) -> No
     assert after is not None
     assert both is not None
     assert after < both
+
+
+def test_new_commit_links_unchanged_files_and_leaves_the_old_tree(
+    make_repo: MakeRepo, tmp_path: Path
+) -> None:
+    """A new commit's tree shares unchanged files with the last one; changed ones are new files."""
+    repo = make_repo()
+    a = repo.commit(_tree(1))
+    cache = tmp_path / "cache"
+    old = Path(fetch(_spec(repo.file_url), cache_dir=cache, timeout=30).path)
+    before = _snapshot(old.parent)
+    b = repo.commit({**_tree(1), "deploy/cm-00.yaml": "kind: ConfigMap\ndata: {n: changed}\n"})
+    new = Path(fetch(_spec(repo.file_url), cache_dir=cache, timeout=30).path)
+    assert (new / "cm-01.yaml").stat().st_ino == (old / "cm-01.yaml").stat().st_ino
+    assert (new / "cm-00.yaml").stat().st_ino != (old / "cm-00.yaml").stat().st_ino
+    assert _snapshot(old.parent) == before == _committed(repo, a)
+    assert _snapshot(new.parent) == _committed(repo, b)
