@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -10,11 +11,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from kubernetes import client, watch
 
 from gitsync import config, inventory
 from gitsync.kube import Kube
+from gitsync.model import APP_LABEL
 from gitsync.sync import Context, sync_app
 from tests.support.app_fixtures import ref
+from tests.support.controller_process import ControllerProcess
 from tests.support.repos import BareRepo
 
 pytestmark = [pytest.mark.cluster, pytest.mark.git]
@@ -132,3 +136,104 @@ def test_apps_on_one_repository_apply_the_commit_they_record(shared: Shared) -> 
     ]
     assert not mixed, "\n".join(mixed)
     assert len({sha for _, sha, _ in rounds}) > APPS  # commits did land during the syncs
+
+
+def _kustomized(cms: dict[str, str]) -> dict[str, str]:
+    return {**cms, "kustomization.yaml": f"resources: [{', '.join(sorted(cms))}]\n"}
+
+
+def test_controller_with_five_apps_on_one_repository_applies_what_it_records(
+    *,
+    controllers: Callable[..., ControllerProcess],
+    make_repo: Callable[..., BareRepo],
+    namespace_factory: Callable[[], str],
+    k8s_api: client.ApiClient,
+) -> None:
+    """In ``gitsync run``, every ConfigMap change of every app is the commit that sync recorded."""
+    repo = make_repo("shared")
+    namespaces = [namespace_factory() for _ in range(APPS)]
+    state_ns = namespace_factory()
+    names = [f"shared-{i}-{uuid.uuid4().hex[:6]}" for i in range(APPS)]
+
+    def tree(n: int) -> dict[str, str]:
+        files = {}
+        for i in range(APPS):
+            cms = {
+                f"cm-{j}.yaml": f"apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: cm-{j}}}\n"
+                f"data: {{commit: '{n}'}}\n"
+                for j in range(CONFIGMAPS)
+            }
+            files |= {f"apps/app-{i}/{k}": v for k, v in _kustomized(cms).items()}
+        return files
+
+    commits = {repo.commit(tree(0), message="0")[:12]: "0"}
+    changes: dict[tuple[str, str], list[str]] = {}  # (namespace, name) -> commit values seen
+    stop = threading.Event()
+    core = client.CoreV1Api(k8s_api)
+    selector = f"{APP_LABEL} in ({','.join(names)})"
+
+    def watch_configmaps() -> None:
+        version = core.list_config_map_for_all_namespaces(
+            label_selector=selector
+        ).metadata.resource_version
+        while not stop.is_set():
+            w = watch.Watch()
+            for ev in w.stream(
+                core.list_config_map_for_all_namespaces,
+                label_selector=selector,
+                resource_version=version,
+                timeout_seconds=2,
+            ):
+                obj = ev["object"]
+                version = obj.metadata.resource_version
+                if ev["type"] in ("ADDED", "MODIFIED"):
+                    seen = changes.setdefault((obj.metadata.namespace, obj.metadata.name), [])
+                    value = (obj.data or {}).get("commit", "")
+                    if not seen or seen[-1] != value:
+                        seen.append(value)
+
+    watcher = threading.Thread(target=watch_configmaps)
+    watcher.start()
+    proc = controllers(
+        {
+            "stateNamespace": state_ns,
+            "apps": [
+                {
+                    "name": names[i],
+                    "repo": repo.file_url,
+                    "path": f"apps/app-{i}",
+                    "namespace": namespaces[i],
+                    "interval": "1s",
+                    "rollback": {"enabled": False},
+                }
+                for i in range(APPS)
+            ],
+        }
+    )
+    try:
+        deadline = time.monotonic() + 20
+        n = 0
+        while time.monotonic() < deadline:  # commits land all through the syncs
+            n += 1
+            commits[repo.commit(tree(n), message=str(n))[:12]] = str(n)
+            time.sleep(0.05)
+        head = repo.head()[:12]
+        for name in names:
+            proc.wait_event("sync.done", app=name, revision=head, timeout=60)
+        assert proc.terminate() == 0
+    finally:
+        stop.set()
+        watcher.join()
+    mixed = []
+    for i, name in enumerate(names):
+        recorded = [
+            commits[e["revision"]]
+            for e in proc.events("sync.done", app=name)
+            if e["result"] == "synced"
+        ]
+        assert len(recorded) >= 3, f"{name} synced only {recorded}"
+        for j in range(CONFIGMAPS):
+            applied = changes.get((namespaces[i], f"cm-{j}"), [])
+            if applied != recorded:
+                mixed.append(f"{name} cm-{j}: recorded {recorded}, applied {applied}")
+    assert not mixed, "\n".join(mixed)
