@@ -495,9 +495,12 @@ def checkout(spec: SourceSpec, *, cache_dir: Path, timeout: float) -> Iterator[R
                     what="creating the cache",
                     cwd=store.root,
                 )
+            previous = _local_commit(runner, store.repo, spec.ref)
             sha = _fetch_commit(spec, runner, store.repo)
             tree = _export(runner, store, sha)
             pins.enter_context(gitcache.pin(store, sha))
+            if previous and previous != sha:
+                _drop_if_unused(runner, store, previous)
             revision = _describe(store.repo, sha, ref=spec.ref, path=_app_dir(tree, spec.path))
         yield revision
 
@@ -555,6 +558,31 @@ def _fetch_everything(
         raise SourceError(msg)
     runner.run(["--git-dir", str(repo_dir), "update-ref", local, sha], what=what, cwd=repo_dir)
     return sha
+
+
+def _local_commit(runner: _Runner, repo_dir: Path, ref: str) -> str:
+    """The commit the cache's ref for ``ref`` points at, or "" before its first fetch."""
+    if not (repo_dir / "HEAD").exists():
+        return ""
+    with contextlib.suppress(SourceError):
+        local = gitcache.ref_name(ref)
+        return _rev_parse(runner, repo_dir, f"{local}^{{commit}}", what=f"reading {ref!r}")
+    return ""
+
+
+def _drop_if_unused(runner: _Runner, store: gitcache.Store, sha: str) -> None:
+    """Remove the tree a ref moved away from, unless another ref or a render still uses it,
+    so the cache stays small between the controller's GC passes (and without them)."""
+    refs = runner.run(
+        ["--git-dir", str(store.repo), "for-each-ref", "--format=%(objectname)", "refs/gitsync/"],
+        what="listing the cache's refs",
+        cwd=store.repo,
+    )
+    if sha in refs.split() or gitcache.pinned(store, sha):
+        return
+    gitcache.remove(store.tree(sha))
+    store.index(sha).unlink(missing_ok=True)
+    store.pin_file(sha).unlink(missing_ok=True)
 
 
 def _rev_parse(runner: _Runner, repo_dir: Path, rev: str, *, what: str) -> str:

@@ -325,11 +325,36 @@ def test_new_commit_links_unchanged_files_and_leaves_the_old_tree(
     repo = make_repo()
     a = repo.commit(_tree(1))
     cache = tmp_path / "cache"
-    old = Path(fetch(_spec(repo.file_url), cache_dir=cache, timeout=30).path)
-    before = _snapshot(old.parent)
-    b = repo.commit({**_tree(1), "deploy/cm-00.yaml": "kind: ConfigMap\ndata: {n: changed}\n"})
-    new = Path(fetch(_spec(repo.file_url), cache_dir=cache, timeout=30).path)
-    assert (new / "cm-01.yaml").stat().st_ino == (old / "cm-01.yaml").stat().st_ino
-    assert (new / "cm-00.yaml").stat().st_ino != (old / "cm-00.yaml").stat().st_ino
-    assert _snapshot(old.parent) == before == _committed(repo, a)
-    assert _snapshot(new.parent) == _committed(repo, b)
+    with checkout(_spec(repo.file_url), cache_dir=cache, timeout=30) as rev:
+        old = Path(rev.path)
+        before = _snapshot(old.parent)
+        changed = "kind: ConfigMap\ndata: {n: changed}\n"
+        b = repo.commit({**_tree(1), "deploy/cm-00.yaml": changed})
+        new = Path(fetch(_spec(repo.file_url), cache_dir=cache, timeout=30).path)
+        assert (new / "cm-01.yaml").stat().st_ino == (old / "cm-01.yaml").stat().st_ino
+        assert (new / "cm-00.yaml").stat().st_ino != (old / "cm-00.yaml").stat().st_ino
+        assert _snapshot(old.parent) == before == _committed(repo, a)
+        assert _snapshot(new.parent) == _committed(repo, b)
+
+
+def test_a_moved_ref_drops_its_old_tree_unless_still_used(
+    make_repo: MakeRepo, tmp_path: Path
+) -> None:
+    """Without any GC pass, a branch's old tree goes once no render or other ref needs it."""
+    repo = make_repo()
+    a = repo.commit(_tree(1))
+    cache = tmp_path / "cache"
+    fetch(_spec(repo.file_url), cache_dir=cache, timeout=30)
+    fetch(_spec(repo.file_url, a), cache_dir=cache, timeout=30)  # another app pins commit a
+    b = repo.commit(_tree(2))
+    fetch(_spec(repo.file_url), cache_dir=cache, timeout=30)
+    assert _trees(cache, repo.file_url) == {a, b}  # the exact-sha ref still points at a
+    with checkout(_spec(repo.file_url), cache_dir=cache, timeout=30):
+        c = repo.commit(_tree(3))
+        fetch(_spec(repo.file_url), cache_dir=cache, timeout=30)
+        assert _trees(cache, repo.file_url) == {a, b, c}  # b is being rendered
+    d = repo.commit(_tree(4))
+    fetch(_spec(repo.file_url), cache_dir=cache, timeout=30)
+    assert _trees(cache, repo.file_url) == {a, b, d}  # b is left for the GC pass
+    gitcache.collect(cache, keep={(repo.file_url, "main"), (repo.file_url, a)})
+    assert _trees(cache, repo.file_url) == {a, d}
