@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 import uuid
@@ -220,6 +221,10 @@ def test_controller_with_five_apps_on_one_repository_applies_what_it_records(
         head = repo.head()[:12]
         for name in names:
             proc.wait_event("sync.done", app=name, revision=head, timeout=60)
+        _, metrics = proc.get("/metrics")
+        size = re.search(rb"^gitsync_git_cache_bytes (\S+)$", metrics, re.MULTILINE)
+        assert size is not None
+        assert float(size.group(1)) > 0
         assert proc.terminate() == 0
     finally:
         stop.set()
