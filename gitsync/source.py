@@ -1,9 +1,10 @@
 """The fetch stage: one app's repository at one ref, checked out, as a ``Revision``.
 
 The cache (layout in ``gitcache``) holds one bare store per repository and one read-only
-tree per commit, exported whole and renamed into place; ``checkout`` pins the tree while
-its block runs, so a render reads exactly the commit it records even while another app
-fetches a newer commit of the same repository and ref.
+tree per commit, built in a temporary directory (unchanged files hard-linked from the last
+tree) and renamed into place; ``checkout`` pins the tree while its block runs, so a
+render reads exactly the commit it records even while another app fetches a newer commit
+of the same repository and ref.
 
 Credentials never reach argv, the URL or ``.git/config``: https secrets travel in
 environment variables read by ``askpass.sh``, ssh uses an explicit key and
@@ -610,16 +611,16 @@ def _export(runner: _Runner, store: gitcache.Store, sha: str) -> Path:
     what = f"checking out {sha[:12]}"
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{sha[:12]}-", dir=store.trees))
     index = tmp.with_name(tmp.name + ".index")
-    git = ["--git-dir", str(store.repo), "--work-tree", str(tmp)]
+    in_tmp = ["--git-dir", str(store.repo), "--work-tree", str(tmp)]
     with_index = dataclasses.replace(runner, env={**runner.env, "GIT_INDEX_FILE": str(index)})
     try:
         base = _base(runner, store, sha)
         if base is None or not _from_base(with_index, store, base, sha, tmp=tmp, index=index):
-            with_index.run([*git, "read-tree", sha], what=what, cwd=tmp)
-            with_index.run([*git, "checkout-index", "--all", "--force"], what=what, cwd=tmp)
+            with_index.run([*in_tmp, "read-tree", sha], what=what, cwd=tmp)
+            with_index.run([*in_tmp, "checkout-index", "--all", "--force"], what=what, cwd=tmp)
         gitcache.seal(tmp)
         # Record the final stat data, so the reuse check stays a stat check.
-        with_index.run([*git, "update-index", "-q", "--refresh"], what=what, cwd=tmp)
+        with_index.run([*in_tmp, "update-index", "-q", "--refresh"], what=what, cwd=tmp)
         index.replace(store.index(sha))
         tmp.rename(tree)
     except BaseException:
@@ -651,9 +652,9 @@ def _from_base(
     try:
         gitcache.link_copy(store.tree(base), tmp)
         shutil.copyfile(store.index(base), index)
-        git = ["--git-dir", str(store.repo), "--work-tree", str(tmp)]
+        in_tmp = ["--git-dir", str(store.repo), "--work-tree", str(tmp)]
         runner.run(
-            [*git, "read-tree", "-m", "-u", base, sha],
+            [*in_tmp, "read-tree", "-m", "-u", base, sha],
             what=f"checking out {sha[:12]}",
             cwd=tmp,
         )
@@ -670,12 +671,12 @@ def _unmodified(runner: _Runner, store: gitcache.Store, sha: str) -> bool:
     if not index.is_file():
         return False
     tree = store.tree(sha)
-    git = ["--git-dir", str(store.repo), "--work-tree", str(tree)]
+    in_tree = ["--git-dir", str(store.repo), "--work-tree", str(tree)]
     with_index = dataclasses.replace(runner, env={**runner.env, "GIT_INDEX_FILE": str(index)})
     what = f"checking the cached checkout of {sha[:12]}"
     try:
-        with_index.run([*git, "diff-files", "--quiet"], what=what, cwd=tree)
-        extra = with_index.run([*git, "ls-files", "--others", "-z"], what=what, cwd=tree)
+        with_index.run([*in_tree, "diff-files", "--quiet"], what=what, cwd=tree)
+        extra = with_index.run([*in_tree, "ls-files", "--others", "-z"], what=what, cwd=tree)
     except _GitFailed:
         return False
     return not extra
