@@ -13,10 +13,11 @@ Layout of ``cache_dir`` (nothing is named after the URL, which may hold a user):
 
 ``<store>`` is ``sha256(url)[:32]``. A tree is never changed once it has its final name,
 so two apps at different commits of one repository never see each other's files, and a
-render reads exactly the commit it records. A pin is taken while the store lock is held
-and GC removes only under that lock, after failing to take the pin exclusively, so a
-pinned tree is never removed. A lock file whose store was deleted meanwhile is noticed
-(its inode is no longer the path's) and the store is made again.
+render reads exactly the commit it records. Trees share unchanged files by hard link;
+git replaces a changed file, it never writes into one. A pin is taken while the store
+lock is held, and a tree is removed only under that lock and only if its pin can be taken
+exclusively, so a pinned tree is never removed. A lock file whose store was deleted
+meanwhile is noticed (its inode is no longer the path's) and the store is made again.
 """
 
 from __future__ import annotations
