@@ -228,8 +228,10 @@ def remove(path: Path) -> None:
 
 
 def disk_usage(root: Path) -> int:
-    """Bytes on disk under ``root`` (allocated blocks, like ``du``); 0 if it is gone."""
+    """Bytes on disk under ``root`` (allocated blocks, like ``du``: a file hard-linked
+    from several trees counts once); 0 if it is gone."""
     total = 0
+    linked: set[tuple[int, int]] = set()
     stack = [str(root)]
     while stack:
         try:
@@ -241,6 +243,10 @@ def disk_usage(root: Path) -> int:
                 st = entry.stat(follow_symlinks=False)
             except OSError:
                 continue
+            if st.st_nlink > 1 and not stat.S_ISDIR(st.st_mode):
+                if (st.st_dev, st.st_ino) in linked:
+                    continue
+                linked.add((st.st_dev, st.st_ino))
             total += st.st_blocks * 512
             if stat.S_ISDIR(st.st_mode):
                 stack.append(entry.path)

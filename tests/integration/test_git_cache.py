@@ -358,3 +358,17 @@ def test_a_moved_ref_drops_its_old_tree_unless_still_used(
     assert _trees(cache, repo.file_url) == {a, b, d}  # b is left for the GC pass
     gitcache.collect(cache, keep={(repo.file_url, "main"), (repo.file_url, a)})
     assert _trees(cache, repo.file_url) == {a, d}
+
+
+def test_cache_size_counts_a_linked_file_once(make_repo: MakeRepo, tmp_path: Path) -> None:
+    """Two trees sharing a large unchanged file add its size once, as du does."""
+    repo = make_repo()
+    big = os.urandom(1 << 20).hex()  # 2 MiB
+    repo.commit({**_tree(1), "deploy/big.txt": big})
+    cache = tmp_path / "cache"
+    with checkout(_spec(repo.file_url), cache_dir=cache, timeout=30):
+        one = gitcache.disk_usage(cache)
+        repo.commit({**_tree(2), "deploy/big.txt": big})
+        fetch(_spec(repo.file_url), cache_dir=cache, timeout=30)
+        assert len(_trees(cache, repo.file_url)) == 2
+        assert gitcache.disk_usage(cache) - one < 1 << 20
