@@ -25,6 +25,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,7 +36,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from gitsync import events, inventory, log, metrics
+from gitsync import events, gitcache, inventory, log, metrics
 from gitsync.config import AppConfig, GitSyncConfig
 from gitsync.credentials import CredentialStore, read_secret, secret_ref
 from gitsync.drift import DriftWatcher
@@ -49,6 +50,7 @@ from gitsync.sync import Context, SyncResult, sync_app
 # that saw no failure yet (checked again soon rather than at the next interval).
 FAILED_RESULTS = frozenset({"failed", "degraded", "timed-out"})
 STUCK_AFTER_DEFAULT = 1800.0  # a gate plus a rollback gate at the default deadline, twice
+CACHE_GC_INTERVAL = 60.0  # seconds between Git cache GC passes (each walks the cache once)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -155,6 +157,8 @@ class Controller:
         ctl = cfg.controller
         self.stuck_after = ctl.stuck_after or STUCK_AFTER_DEFAULT
         self.runners = {app.name: _AppRunner(app=app) for app in cfg.apps}
+        self._cache_gc_lock = threading.Lock()
+        self._cache_gc_due = 0.0
         self._started = time.monotonic()
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=max(1, len(cfg.apps)))},
@@ -350,6 +354,17 @@ class Controller:
         )
         self._emit(runner, result)
         self._schedule_retry(runner, result)
+        self._collect_git_cache()
+
+    def _collect_git_cache(self) -> None:
+        """After a sync, at most once per ``CACHE_GC_INTERVAL``; never waits for another GC."""
+        if time.monotonic() < self._cache_gc_due or not self._cache_gc_lock.acquire(False):
+            return
+        try:
+            collect_git_cache(self.ctx.cache_dir, self.cfg.apps)
+            self._cache_gc_due = time.monotonic() + CACHE_GC_INTERVAL
+        finally:
+            self._cache_gc_lock.release()
 
     def _schedule_retry(self, runner: _AppRunner, result: SyncResult) -> None:
         app = runner.app
@@ -487,6 +502,26 @@ class Controller:
                 problems.append(f"standby cannot reach the Lease: {error or 'no answer yet'}")
         detail["problems"] = problems
         return not problems, detail
+
+
+def collect_git_cache(cache_dir: Path, apps: Sequence[AppConfig]) -> gitcache.CacheReport | None:
+    """Drop Git stores and trees no app needs and publish the cache size; logs, never raises."""
+    logger = log.get(component="git-cache")
+    try:
+        report = gitcache.collect(cache_dir, keep={(a.repo, a.ref) for a in apps})
+    except Exception as e:  # noqa: BLE001 - a cache problem must never stop the syncs
+        logger.warning("cache.gc_failed", error=f"{type(e).__name__}: {e}")
+        return None
+    metrics.GIT_CACHE_BYTES.set(report.bytes)
+    if report.removed_stores or report.removed_trees or report.repacked:
+        logger.info(
+            "cache.collected",
+            bytes=report.bytes,
+            removed_stores=report.removed_stores,
+            removed_trees=report.removed_trees,
+            repacked=report.repacked,
+        )
+    return report
 
 
 def _counts(result: SyncResult) -> str:

@@ -47,6 +47,10 @@ IS_LEADER = Gauge(
     "gitsync_leader",
     "1 while this process holds the leader Lease and may write to the cluster.",
 )
+GIT_CACHE_BYTES = Gauge(
+    "gitsync_git_cache_bytes",
+    "Bytes on disk of the Git cache (stores and per-commit trees), measured after each cache GC.",
+)
 WEBHOOKS = Counter(
     "gitsync_webhook_requests_total",
     "Requests to /hooks/<app>, by HTTP status answered.",

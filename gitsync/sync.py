@@ -35,7 +35,7 @@ from gitsync.prune import PruneResult, prune
 from gitsync.render import render
 from gitsync.rollback import quarantine as quarantine_commit
 from gitsync.rollback import restore_adopted, roll_back
-from gitsync.source import GitAuth, SourceSpec, fetch
+from gitsync.source import GitAuth, SourceSpec, checkout
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -96,16 +96,17 @@ def _repo_root(revision: Revision, app_path: str) -> Path:
 
 
 def prepare_render(app: AppConfig, ctx: Context) -> tuple[Revision, ManifestSet]:
-    """Fetch and render: reads the repo and discovery only."""
-    revision = fetch(source_spec(app, ctx.auth), cache_dir=ctx.cache_dir, timeout=ctx.fetch_timeout)
-    manifests = render(
-        Path(revision.path),
-        repo_root=_repo_root(revision, app.path),
-        default_namespace=app.namespace,
-        app_name=app.name,
-        kinds=ctx.kube.discover(refresh=True),
-        kustomize=list(ctx.kustomize) if ctx.kustomize else None,
-    )
+    """Fetch and render: reads the repo and discovery only, from the commit's pinned tree."""
+    spec = source_spec(app, ctx.auth)
+    with checkout(spec, cache_dir=ctx.cache_dir, timeout=ctx.fetch_timeout) as revision:
+        manifests = render(
+            Path(revision.path),
+            repo_root=_repo_root(revision, app.path),
+            default_namespace=app.namespace,
+            app_name=app.name,
+            kinds=ctx.kube.discover(refresh=True),
+            kustomize=list(ctx.kustomize) if ctx.kustomize else None,
+        )
     return revision, manifests
 
 
