@@ -138,7 +138,10 @@ class Controller:
         credentials: CredentialStore,
         webhook_secret: bytes | None,
         identity: str | None = None,
+        lease_kube: Kube | None = None,
     ) -> None:
+        """``kube`` serves syncs and drift watches; the Lease uses ``lease_kube`` (by
+        default ``kube.dedicated()``), so renewals never wait for their connections."""
         self.cfg = cfg
         self.kube = kube
         self.credentials = credentials
@@ -162,20 +165,24 @@ class Controller:
         election = ctl.leader_election
         self.elector: LeaderElector | None = None
         if election.enabled:
+            spec = LeaseSpec(
+                namespace=cfg.state_namespace,
+                name=election.lease_name,
+                identity=identity or default_identity(),
+                lease_duration=election.lease_duration,
+                renew_deadline=election.renew_deadline,
+                retry_period=election.retry_period,
+            )
             self.elector = LeaderElector(
-                kube,
-                LeaseSpec(
-                    namespace=cfg.state_namespace,
-                    name=election.lease_name,
-                    identity=identity or default_identity(),
-                    lease_duration=election.lease_duration,
-                    renew_deadline=election.renew_deadline,
-                    retry_period=election.retry_period,
-                ),
+                lease_kube or kube.dedicated(timeout=spec.renew_deadline),
+                spec,
                 on_started=self._start_leading,
                 on_lost=self._lost_leadership,
                 logger=self.log,
             )
+            # Fencing: past renewDeadline no write leaves this process, even before the
+            # elector (or its watchdog) has ended it.
+            kube.set_write_fence(self.elector.write_fence)
         self._elector_thread: threading.Thread | None = None
         self._leading = threading.Event()
         webhook = (
@@ -470,6 +477,7 @@ class Controller:
         if self.elector is not None:
             detail["identity"] = self.elector.spec.identity
             detail["holder"] = self.elector.holder()
+            detail["lease_renew_seconds"] = self.elector.renew_stats()
         problems = []
         if self.stopping.is_set():
             problems.append("shutting down")
@@ -497,7 +505,9 @@ def main(*, config_path: str, kubeconfig: str | None = None, context: str | None
     from gitsync import config
 
     cfg = config.load(config_path)  # before any connection: a bad file touches nothing
-    kube = Kube.connect(kubeconfig=kubeconfig, context=context)
+    kube = Kube.connect(
+        kubeconfig=kubeconfig, context=context, retry_budget=cfg.controller.api_retry_timeout
+    )
     credentials = CredentialStore.create(kube=kube, namespace=cfg.state_namespace)
     try:
         check_references(cfg, credentials)
