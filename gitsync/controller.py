@@ -184,6 +184,8 @@ class Controller:
             # elector (or its watchdog) has ended it.
             kube.set_write_fence(self.elector.write_fence)
         self._elector_thread: threading.Thread | None = None
+        # Renewals go on while SIGTERM waits for running syncs: they still write.
+        self._elector_stop = threading.Event()
         self._leading = threading.Event()
         webhook = (
             WebhookSettings(secret=webhook_secret, max_body_bytes=ctl.webhook.max_body_bytes)
@@ -219,7 +221,10 @@ class Controller:
             self._start_leading()
         else:
             self._elector_thread = threading.Thread(
-                target=self.elector.run, args=(self.stopping,), name="gitsync-leader", daemon=True
+                target=self.elector.run,
+                args=(self._elector_stop,),
+                name="gitsync-leader",
+                daemon=True,
             )
             self._elector_thread.start()
         while not self.stopping.wait(1.0):
@@ -252,6 +257,7 @@ class Controller:
             self._exit_now(0)
         self._stop_drift_watchers()
         self.scheduler.shutdown(wait=False)
+        self._elector_stop.set()
         if self._elector_thread is not None:
             self._elector_thread.join(timeout=5)
         released = self.elector.release() if self.elector is not None else False

@@ -202,10 +202,9 @@ class LeaderElector:
                 self._leader = True
             if first:
                 self._log.info("leader.acquired")
-                self._emit("LeaderElection", f"{self.spec.identity} became leader")
-                # Its own thread: starting the work must not delay the next renewal.
+                # Its own thread: the Event and starting the work must not delay renewals.
                 threading.Thread(
-                    target=self._on_started, name="gitsync-start-leading", daemon=True
+                    target=self._begin_leading, name="gitsync-start-leading", daemon=True
                 ).start()
             else:
                 metrics.LEASE_RENEW_SECONDS.observe(now - began)
@@ -214,6 +213,10 @@ class LeaderElector:
             return True
         with self._lock:
             return self._lost
+
+    def _begin_leading(self) -> None:
+        self._emit("LeaderElection", f"{self.spec.identity} became leader")
+        self._on_started()
 
     def _lose(self, since: float, *, watchdog: bool) -> None:
         """Leadership is gone: say so once and hand over to ``on_lost``."""
