@@ -344,7 +344,7 @@ class LeaderElector:
         if left <= 0:
             msg = f"renew deadline of {self.spec.renew_deadline:g}s passed"
             raise KubeError(msg, transient=True)
-        return max(0.05, min(left, max(self.spec.request_timeout, self.spec.renew_deadline / 3)))
+        return max(0.05, min(left, max(self.spec.request_timeout, self.spec.renew_deadline / 2)))
 
     def _contact(self, error: str, *, ok: bool = True) -> None:
         with self._lock:

