@@ -766,11 +766,13 @@ class Kube:
                 _raise_for(resp.status, resp.read(), f"watch {res.kind}")
             yield from _json_lines(resp)
             drained = True
-        except (urllib3.exceptions.HTTPError, OSError) as e:
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
+            # ValueError: a line cut short (a cancel's socket shutdown, a dying server)
+            # is not JSON, or not even UTF-8.
             if cancel is not None and cancel.cancelled:
                 return
             msg = f"watch {res.kind} broke: {e}"
-            raise KubeError(msg) from e
+            raise KubeError(msg, transient=True) from e
         finally:
             if cancel is not None:
                 cancel._attach(None)
