@@ -74,7 +74,7 @@ class TcpProxy:
                     dst.shutdown(socket.SHUT_WR)
                     return
                 dst.sendall(data)
-            except OSError:
+            except (OSError, ValueError):  # ValueError: select() on a socket close() ended
                 return
 
 
