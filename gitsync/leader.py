@@ -198,7 +198,9 @@ class LeaderElector:
                 if not first:
                     self._latencies.append(now - began)
                     del self._latencies[:-_LATENCY_WINDOW]
-                self._last_renew = now
+                # Counted from before the request: others may see the write as soon as it
+                # was sent, so a slow answer must not lengthen our hold on the Lease.
+                self._last_renew = began
                 self._leader = True
             if first:
                 self._log.info("leader.acquired")
