@@ -183,6 +183,8 @@ class ControllerConfig(_Model):
     jitter: float = Field(default=0.1, ge=0.0, le=0.5)
     stuck_after: Duration | None = Field(default=None, alias="stuckAfter")
     shutdown_timeout: Duration = Field(default=45.0, alias="shutdownTimeout")
+    # Rides out an API server or etcd restart; a dead API server still fails a sync.
+    api_retry_timeout: Duration = Field(default=60.0, alias="apiRetryTimeout")
 
     @field_validator("listen")
     @classmethod

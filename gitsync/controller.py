@@ -23,6 +23,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -142,7 +143,10 @@ class Controller:
         credentials: CredentialStore,
         webhook_secret: bytes | None,
         identity: str | None = None,
+        lease_kube: Kube | None = None,
     ) -> None:
+        """``kube`` serves syncs and drift watches; the Lease uses ``lease_kube`` (by
+        default ``kube.dedicated()``), so renewals never wait for their connections."""
         self.cfg = cfg
         self.kube = kube
         self.credentials = credentials
@@ -168,21 +172,27 @@ class Controller:
         election = ctl.leader_election
         self.elector: LeaderElector | None = None
         if election.enabled:
+            spec = LeaseSpec(
+                namespace=cfg.state_namespace,
+                name=election.lease_name,
+                identity=identity or default_identity(),
+                lease_duration=election.lease_duration,
+                renew_deadline=election.renew_deadline,
+                retry_period=election.retry_period,
+            )
             self.elector = LeaderElector(
-                kube,
-                LeaseSpec(
-                    namespace=cfg.state_namespace,
-                    name=election.lease_name,
-                    identity=identity or default_identity(),
-                    lease_duration=election.lease_duration,
-                    renew_deadline=election.renew_deadline,
-                    retry_period=election.retry_period,
-                ),
+                lease_kube or kube.dedicated(timeout=spec.renew_deadline),
+                spec,
                 on_started=self._start_leading,
                 on_lost=self._lost_leadership,
                 logger=self.log,
             )
+            # Fencing: past renewDeadline no write leaves this process, even before the
+            # elector (or its watchdog) has ended it.
+            kube.set_write_fence(self.elector.write_fence)
         self._elector_thread: threading.Thread | None = None
+        # Renewals go on while SIGTERM waits for running syncs: they still write.
+        self._elector_stop = threading.Event()
         self._leading = threading.Event()
         webhook = (
             WebhookSettings(secret=webhook_secret, max_body_bytes=ctl.webhook.max_body_bytes)
@@ -206,6 +216,9 @@ class Controller:
         # APScheduler's own warnings (a skipped tick while a sync runs) are expected and
         # not JSON; our logs say what happened with each sync.
         logging.getLogger("apscheduler").setLevel(logging.ERROR)
+        # Renders and plans of many apps keep the GIL busy; a shorter switch interval lets
+        # the threads that wait on the network (the Lease renewal first) run sooner.
+        sys.setswitchinterval(0.001)
         self.server.start()
         self.scheduler.start(paused=True)
         self.log.info(
@@ -218,7 +231,10 @@ class Controller:
             self._start_leading()
         else:
             self._elector_thread = threading.Thread(
-                target=self.elector.run, args=(self.stopping,), name="gitsync-leader", daemon=True
+                target=self.elector.run,
+                args=(self._elector_stop,),
+                name="gitsync-leader",
+                daemon=True,
             )
             self._elector_thread.start()
         while not self.stopping.wait(1.0):
@@ -251,6 +267,7 @@ class Controller:
             self._exit_now(0)
         self._stop_drift_watchers()
         self.scheduler.shutdown(wait=False)
+        self._elector_stop.set()
         if self._elector_thread is not None:
             self._elector_thread.join(timeout=5)
         released = self.elector.release() if self.elector is not None else False
@@ -489,6 +506,7 @@ class Controller:
         if self.elector is not None:
             detail["identity"] = self.elector.spec.identity
             detail["holder"] = self.elector.holder()
+            detail["lease_renew_seconds"] = self.elector.renew_stats()
         problems = []
         if self.stopping.is_set():
             problems.append("shutting down")
@@ -536,7 +554,9 @@ def main(*, config_path: str, kubeconfig: str | None = None, context: str | None
     from gitsync import config
 
     cfg = config.load(config_path)  # before any connection: a bad file touches nothing
-    kube = Kube.connect(kubeconfig=kubeconfig, context=context)
+    kube = Kube.connect(
+        kubeconfig=kubeconfig, context=context, retry_budget=cfg.controller.api_retry_timeout
+    )
     credentials = CredentialStore.create(kube=kube, namespace=cfg.state_namespace)
     try:
         check_references(cfg, credentials)

@@ -17,7 +17,7 @@ from typing import Any
 from gitsync import health
 from gitsync.errors import KubeError
 from gitsync.health import Health, Status
-from gitsync.kube import Kube, Resource
+from gitsync.kube import Kube, Resource, WatchCancel
 from gitsync.model import FIELD_MANAGER, Identity, KubeObject, ObjectRef
 
 DEFAULT_PROGRESS_DEADLINE = 600
@@ -106,16 +106,21 @@ class _Watch(threading.Thread):
         *,
         out: queue.Queue[tuple[str, KubeObject]],
         stop: threading.Event,
+        cancel: WatchCancel,
     ) -> None:
         super().__init__(daemon=True, name=f"gate-watch-{res.kind}-{namespace}")
         self._kube, self._res, self._ns, self._rv = kube, res, namespace, rv
-        self._out, self._stop = out, stop
+        self._out, self._stop, self._cancel = out, stop, cancel
 
     def run(self) -> None:
         while not self._stop.is_set():
             try:
                 for etype, obj in self._kube.watch(
-                    self._res, namespace=self._ns, resource_version=self._rv, timeout_seconds=5
+                    self._res,
+                    namespace=self._ns,
+                    resource_version=self._rv,
+                    timeout_seconds=5,
+                    cancel=self._cancel,
                 ):
                     if self._stop.is_set():
                         return
@@ -130,12 +135,12 @@ class _Watch(threading.Thread):
                         obj.setdefault("kind", self._res.kind)
                         self._out.put((etype, obj))
             except KubeError:
-                time.sleep(0.5)
+                self._stop.wait(0.5)
             if not self._rv and not self._stop.is_set():
                 try:
                     items, self._rv = self._kube.list_objects(self._res, namespace=self._ns)
                 except KubeError:
-                    time.sleep(0.5)
+                    self._stop.wait(0.5)
                     continue
                 for obj in items:
                     self._out.put(("MODIFIED", obj))
@@ -155,7 +160,14 @@ class _Gate:
         # Server time of the newest apply: Pods created before it are not the new revision's.
         self.since = max((_applied_at(o) for o in objects), default="")
         self.events: queue.Queue[tuple[str, KubeObject]] = queue.Queue()
-        self.stop = threading.Event()
+        self._stop = threading.Event()
+        self._cancels: list[WatchCancel] = []
+
+    def close(self) -> None:
+        """End every watch thread now, even one blocked reading its stream."""
+        self._stop.set()
+        for cancel in self._cancels:
+            cancel.cancel()
 
     def judge(self) -> dict[Identity, Health]:
         out = {}
@@ -191,7 +203,9 @@ class _Gate:
             items, rv = self.kube.list_objects(res, namespace=ns)
             for item in items:
                 self.events.put(("MODIFIED", item))
-            _Watch(self.kube, res, ns, rv, out=self.events, stop=self.stop).start()
+            cancel = WatchCancel()
+            self._cancels.append(cancel)
+            _Watch(self.kube, res, ns, rv, out=self.events, stop=self._stop, cancel=cancel).start()
 
     def drain(self, wait: float) -> None:
         try:
@@ -250,9 +264,10 @@ def wait_healthy(
     counts = _counts(verdicts)
     if counts[Status.FAILED] or not counts[Status.IN_PROGRESS]:
         return replace(_verdict(gate.state, verdicts, started), preexisting=preexisting)
-    gate.watch(i for i, h in verdicts.items() if h.status is Status.IN_PROGRESS)
-    last_report = time.monotonic()
     try:
+        # Inside the try: a LIST failing after some watches started must still stop them.
+        gate.watch(i for i, h in verdicts.items() if h.status is Status.IN_PROGRESS)
+        last_report = time.monotonic()
         while (remaining := timeout - (time.monotonic() - started)) > 0:
             gate.drain(min(remaining, 1.0))
             verdicts = gate.judge()
@@ -268,7 +283,7 @@ def wait_healthy(
                     counts[Status.CURRENT], counts[Status.IN_PROGRESS], counts[Status.FAILED]
                 )
     finally:
-        gate.stop.set()
+        gate.close()
     return replace(_verdict(gate.state, verdicts, started), preexisting=preexisting)
 
 

@@ -1,15 +1,31 @@
 """The only module that talks to the Kubernetes API server.
 
-A thin JSON client over one pooled urllib3 connection set: the kubernetes package is
-used only to read kubeconfig / in-cluster credentials. Owning the request path gives us
+A thin JSON client over pooled urllib3 connections: the kubernetes package is used only
+to read kubeconfig / in-cluster credentials. Owning the request path gives us
 server-side apply with any content type, aggregated discovery in two calls, a
 client-side rate limit set for a controller rather than a CLI, and a call counter per
 verb that the benchmarks print.
+
+Connections: requests and watches use separate pools, so long watches (one per app and
+kind, held for minutes) can never take the connections that writes need; a request that
+waits for a pooled connection gives up after ``pool_timeout``. ``dedicated()`` makes a
+sibling client with its own small pool for the leader Lease.
+
+Retries: a request that fails for a reason that is not its own (5xx, 429, a timeout, a
+refused or reset connection, as during an API server or etcd restart) is sent again with
+capped exponential backoff and jitter, for at most ``retry_budget`` seconds in total, so
+a dead API server still fails. A request the server may already have carried out is only
+resent if resending is safe: server-side apply, GET, DELETE (with a uid precondition) and
+PUT with a resourceVersion are; a POST is, because an AlreadyExists answer after an
+unsure attempt is checked against what we sent (see ``create``); a JSON patch is not.
+Watches are never retried here: their callers relist.
 """
 
 from __future__ import annotations
 
+import enum
 import json
+import random
 import ssl
 import threading
 import time
@@ -22,7 +38,13 @@ from urllib.parse import quote, urlencode
 
 import urllib3
 
-from gitsync.errors import ConflictError, InvalidError, KubeError, NotFoundError
+from gitsync.errors import (
+    TRANSIENT_STATUSES,
+    ConflictError,
+    InvalidError,
+    KubeError,
+    NotFoundError,
+)
 from gitsync.model import FIELD_MANAGER, KubeObject, ObjectRef
 
 _AGGREGATED = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
@@ -34,6 +56,97 @@ _JSON_PATCH = "application/json-patch+json"
 # well above what a sync of a few thousand objects needs.
 DEFAULT_QPS = 500.0
 DEFAULT_BURST = 1000
+# Long enough to ride out an API server or etcd restart, short enough that a dead API
+# server fails the sync within a minute.
+DEFAULT_RETRY_BUDGET = 60.0
+DEFAULT_POOL_SIZE = 32
+# Connections are opened lazily, so this only caps how many idle ones are kept; watches
+# never wait for one (the pool does not block).
+DEFAULT_WATCH_POOL_SIZE = 1024
+CONNECT_TIMEOUT = 10.0
+
+
+class Transience(enum.Enum):
+    """What a failed attempt says about sending the same request again."""
+
+    PERMANENT = "permanent"  # the request itself is wrong (or the server refuses it)
+    UNSENT = "unsent"  # the server did not act on it: safe to send anything again
+    AMBIGUOUS = "ambiguous"  # the server may have acted: resend only what is idempotent
+
+
+def classify_status(status: int) -> Transience:
+    """429 is turned away before any work; other transient 5xx may follow a write."""
+    if status == 429:
+        return Transience.UNSENT
+    if status in TRANSIENT_STATUSES:
+        return Transience.AMBIGUOUS
+    return Transience.PERMANENT
+
+
+def classify_exception(error: BaseException) -> Transience:
+    """urllib3's errors (raised as is with ``retries=False``) by what reached the server."""
+    exc = urllib3.exceptions
+    if isinstance(error, exc.ConnectTimeoutError | exc.EmptyPoolError):
+        # Includes NewConnectionError (refused, e.g. the API server is restarting) and a
+        # pool that had no free connection in time: nothing was sent.
+        return Transience.UNSENT
+    if isinstance(error, exc.SSLError):
+        cause = error.__cause__ or (error.args[0] if error.args else None)
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return Transience.PERMANENT
+        return Transience.UNSENT  # a handshake cut short by a restart
+    if isinstance(error, exc.TimeoutError | exc.ProtocolError | ConnectionError):
+        return Transience.AMBIGUOUS  # a read timeout, reset or a connection closed mid-answer
+    return Transience.PERMANENT
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """Capped exponential backoff with jitter, within a total time budget."""
+
+    budget: float = DEFAULT_RETRY_BUDGET
+    initial: float = 0.2
+    cap: float = 5.0
+
+    def delay(self, attempt: int, retry_after: float | None = None) -> float:
+        """Seconds to wait before retry number ``attempt`` (0-based)."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.cap * 2)
+        base = min(self.cap, self.initial * 2.0**attempt)
+        jitter: float = random.uniform(0.5, 1.0)  # noqa: S311 - jitter, not crypto
+        return base * jitter
+
+
+def _retry_after(resp: urllib3.BaseHTTPResponse) -> float | None:
+    value = resp.headers.get("Retry-After")
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+def contains(live: Any, sent: Any, *, top: bool = True) -> bool:
+    """Whether every field of ``sent`` has the same value in ``live`` (metadata the
+    server sets — resourceVersion, managedFields — ignored): our own write landed."""
+    if isinstance(sent, dict):
+        if not isinstance(live, dict):
+            return False
+        for key, value in sent.items():
+            if top and key == "metadata" and isinstance(value, dict):
+                server_set = ("resourceVersion", "managedFields")
+                meta = {k: v for k, v in value.items() if k not in server_set}
+                if not contains(live.get("metadata"), meta, top=False):
+                    return False
+            elif key not in live or not contains(live[key], value, top=False):
+                return False
+        return True
+    if isinstance(sent, list):
+        return (
+            isinstance(live, list)
+            and len(live) == len(sent)
+            and all(contains(a, b, top=False) for a, b in zip(live, sent, strict=True))
+        )
+    return bool(live == sent)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -140,16 +253,23 @@ def _status_message(status: int, data: bytes) -> tuple[str, str]:
     return f"HTTP {status}", ""
 
 
-def _raise_for(status: int, data: bytes, what: str) -> None:
+def _error_for(status: int, data: bytes, what: str) -> KubeError:
     message, reason = _status_message(status, data)
     text = f"{what}: {message}"
     if status == 404:
-        raise NotFoundError(text, status=status, reason=reason)
+        return NotFoundError(text, status=status, reason=reason)
     if status == 409:
-        raise ConflictError(text, status=status, reason=reason)
+        return ConflictError(text, status=status, reason=reason)
     if status in (400, 422):
-        raise InvalidError(text, status=status, reason=reason)
-    raise KubeError(text, status=status, reason=reason)
+        return InvalidError(text, status=status, reason=reason)
+    return KubeError(text, status=status, reason=reason)
+
+
+def _raise_for(status: int, data: bytes, what: str) -> None:
+    raise _error_for(status, data, what)
+
+
+Recover = Callable[[int], Any]
 
 
 class Kube:
@@ -161,18 +281,27 @@ class Kube:
         host: str,
         pool: urllib3.PoolManager,
         auth: Callable[[], dict[str, str]],
+        watch_pool: urllib3.PoolManager | None = None,
+        pools: Callable[[int, bool], urllib3.PoolManager] | None = None,
         qps: float = DEFAULT_QPS,
         burst: int = DEFAULT_BURST,
         timeout: float = 30.0,
+        pool_timeout: float = 30.0,
+        retry_budget: float = DEFAULT_RETRY_BUDGET,
     ) -> None:
         self.host = host.rstrip("/")
         self._pool = pool
+        self._watch_pool = watch_pool or pool
+        self._pools = pools
         self._auth = auth
         self._limiter = _RateLimiter(qps, burst)
         self._timeout = timeout
+        self._pool_timeout = pool_timeout
+        self.retry = RetryPolicy(budget=retry_budget)
         self._lock = threading.Lock()
         self.calls: Counter[str] = Counter()
         self._discovery: Discovery | None = None
+        self._write_fence: Callable[[], str] | None = None
 
     # --- construction ---------------------------------------------------------------
 
@@ -184,7 +313,8 @@ class Kube:
         context: str | None = None,
         qps: float = DEFAULT_QPS,
         burst: int = DEFAULT_BURST,
-        pool_size: int = 32,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        retry_budget: float = DEFAULT_RETRY_BUDGET,
     ) -> Kube:
         """Credentials from ``kubeconfig``, else $KUBECONFIG/~/.kube/config, else in-cluster."""
         from kubernetes import config as kconfig
@@ -203,7 +333,9 @@ class Kube:
         except (kconfig.ConfigException, OSError, ValueError) as e:
             msg = f"cannot load Kubernetes credentials: {e}"
             raise KubeError(msg) from e
-        return cls.from_configuration(cfg, qps=qps, burst=burst, pool_size=pool_size)
+        return cls.from_configuration(
+            cfg, qps=qps, burst=burst, pool_size=pool_size, retry_budget=retry_budget
+        )
 
     @classmethod
     def from_configuration(
@@ -212,7 +344,8 @@ class Kube:
         *,
         qps: float = DEFAULT_QPS,
         burst: int = DEFAULT_BURST,
-        pool_size: int = 32,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        retry_budget: float = DEFAULT_RETRY_BUDGET,
     ) -> Kube:
         ctx = ssl.create_default_context(cafile=cfg.ssl_ca_cert) if cfg.verify_ssl else None
         if ctx is None:
@@ -221,9 +354,11 @@ class Kube:
             ctx.verify_mode = ssl.CERT_NONE
         if cfg.cert_file:
             ctx.load_cert_chain(cfg.cert_file, cfg.key_file)
-        pool = urllib3.PoolManager(
-            num_pools=4, maxsize=pool_size, block=True, ssl_context=ctx, retries=False
-        )
+
+        def pools(size: int, block: bool) -> urllib3.PoolManager:
+            return urllib3.PoolManager(
+                num_pools=4, maxsize=size, block=block, ssl_context=ctx, retries=False
+            )
 
         def auth() -> dict[str, str]:
             # kubernetes>=30 keeps kubeconfig and in-cluster tokens under "BearerToken"
@@ -235,7 +370,41 @@ class Kube:
                 return dict(urllib3.make_headers(basic_auth=f"{cfg.username}:{cfg.password}"))
             return {}
 
-        return cls(host=cfg.host, pool=pool, auth=auth, qps=qps, burst=burst)
+        return cls(
+            host=cfg.host,
+            pool=pools(pool_size, True),
+            watch_pool=pools(DEFAULT_WATCH_POOL_SIZE, False),
+            pools=pools,
+            auth=auth,
+            qps=qps,
+            burst=burst,
+            retry_budget=retry_budget,
+        )
+
+    def dedicated(
+        self, *, pool_size: int = 2, retry_budget: float = 0.0, timeout: float = 5.0
+    ) -> Kube:
+        """A sibling client with the same credentials and its own small pool and limits:
+        for the leader Lease, whose renewals must never queue behind syncs."""
+        if self._pools is None:
+            msg = "this client was built without a pool factory; cannot make a dedicated one"
+            raise KubeError(msg)
+        return Kube(
+            host=self.host,
+            pool=self._pools(pool_size, True),
+            watch_pool=self._pools(pool_size, True),
+            pools=self._pools,
+            auth=self._auth,
+            qps=0,
+            timeout=timeout,
+            pool_timeout=timeout,
+            retry_budget=retry_budget,
+        )
+
+    def set_write_fence(self, fence: Callable[[], str] | None) -> None:
+        """``fence()`` returns why writes must stop now ("" to go ahead); checked before
+        every write attempt, so a leader whose Lease ran out sends nothing more."""
+        self._write_fence = fence
 
     # --- raw requests ---------------------------------------------------------------
 
@@ -255,40 +424,78 @@ class Kube:
         accept: str = "application/json",
         timeout: float | None = None,
         what: str = "",
+        resend: bool = True,
+        recover: Recover | None = None,
     ) -> Any:
-        """One API call, JSON in and out; errors become ``KubeError`` subclasses."""
+        """One API call, JSON in and out, retried while the failure is transient; errors
+        become ``KubeError`` subclasses.
+
+        ``resend=False`` (not idempotent) resends only what the server did not act on.
+        ``recover(status)`` is asked, when an error answers a resend after an attempt
+        that may have landed, whether that attempt did land: its result, or None.
+        """
         url = self.host + path + ("?" + urlencode(query) if query else "")
-        headers = {"Accept": accept, "User-Agent": "gitsync", **self._auth()}
         data = None
         if body is not None:
-            headers["Content-Type"] = content_type
             data = json.dumps(body, separators=(",", ":")).encode()
-        for attempt in range(5):
+        label = what or f"{method} {path}"
+        seconds = timeout or self._timeout
+        deadline = time.monotonic() + self.retry.budget
+        unsure = False  # an earlier attempt may have been carried out
+        attempt = 0
+        while True:
+            self._check_fence(method, label)
             self._limiter.take()
             self._count(verb)
+            headers = {"Accept": accept, "User-Agent": "gitsync", **self._auth()}
+            if data is not None:
+                headers["Content-Type"] = content_type
+            retry_after: float | None = None
             try:
                 resp = self._pool.request(
                     method,
                     url,
                     body=data,
                     headers=headers,
-                    timeout=timeout or self._timeout,
+                    timeout=urllib3.Timeout(total=seconds, connect=min(seconds, CONNECT_TIMEOUT)),
+                    pool_timeout=self._pool_timeout,
                     preload_content=True,
                 )
             except urllib3.exceptions.HTTPError as e:
-                if attempt < 2 and method in ("GET",):
-                    time.sleep(0.2 * (attempt + 1))
-                    continue
-                msg = f"{what or method + ' ' + path}: cannot reach the API server: {e}"
-                raise KubeError(msg) from e
-            if resp.status == 429 and attempt < 4:
-                time.sleep(float(resp.headers.get("Retry-After", "1") or 1))
-                continue
-            if resp.status >= 400:
-                _raise_for(resp.status, resp.data, what or f"{method} {path}")
-            return json.loads(resp.data) if resp.data else {}
-        msg = f"{what or method + ' ' + path}: the API server kept answering 429"
-        raise KubeError(msg, status=429)
+                kind = classify_exception(e)
+                error = KubeError(
+                    f"{label}: cannot reach the API server: {e}",
+                    transient=kind is not Transience.PERMANENT,
+                )
+                error.__cause__ = e
+            else:
+                if resp.status < 400:
+                    return json.loads(resp.data) if resp.data else {}
+                if unsure and recover is not None:
+                    landed = recover(resp.status)
+                    if landed is not None:
+                        self._count("recovered")
+                        return landed
+                kind = classify_status(resp.status)
+                error = _error_for(resp.status, resp.data, label)
+                retry_after = _retry_after(resp) if resp.status == 429 else None
+            if kind is Transience.PERMANENT or (kind is Transience.AMBIGUOUS and not resend):
+                raise error
+            wait = self.retry.delay(attempt, retry_after)
+            if time.monotonic() + wait > deadline:
+                raise error
+            unsure = unsure or kind is Transience.AMBIGUOUS
+            self._count("retry")
+            time.sleep(wait)
+            attempt += 1
+
+    def _check_fence(self, method: str, label: str) -> None:
+        if method == "GET" or self._write_fence is None:
+            return
+        reason = self._write_fence()
+        if reason:
+            msg = f"{label}: not sent: {reason}"
+            raise KubeError(msg, transient=True)
 
     # --- discovery ------------------------------------------------------------------
 
@@ -434,13 +641,17 @@ class Kube:
         return result
 
     def merge_patch(self, ref: ObjectRef, patch: dict[str, Any], *, manager: str) -> KubeObject:
-        return self._patch(ref, patch, manager=manager, content_type=_MERGE)
+        """A merge patch is idempotent: resent after an unsure attempt, it lands the same."""
+        return self._patch(ref, patch, manager=manager, content_type=_MERGE, resend=True)
 
     def json_patch(self, ref: ObjectRef, ops: list[dict[str, Any]], *, manager: str) -> KubeObject:
-        """RFC 6902 patch; a ``test`` op on resourceVersion makes it conditional."""
-        return self._patch(ref, ops, manager=manager, content_type=_JSON_PATCH)
+        """RFC 6902 patch; a ``test`` op on resourceVersion makes it conditional, so it is
+        resent only when the server did not act on it (a landed one would fail its test)."""
+        return self._patch(ref, ops, manager=manager, content_type=_JSON_PATCH, resend=False)
 
-    def _patch(self, ref: ObjectRef, body: Any, *, manager: str, content_type: str) -> KubeObject:
+    def _patch(
+        self, ref: ObjectRef, body: Any, *, manager: str, content_type: str, resend: bool
+    ) -> KubeObject:
         res = self.resource(ref)
         out: KubeObject = self.request(
             "PATCH",
@@ -450,11 +661,15 @@ class Kube:
             body=body,
             content_type=content_type,
             what=f"patch {ref}",
+            resend=resend,
         )
         return out
 
     def create(self, obj: KubeObject, *, verb: str = "create") -> KubeObject:
-        """POST; ``verb`` names the call in the counters (gitsync's own state: "state")."""
+        """POST. Resent after an attempt that may have landed (a timeout, a reset, a 5xx),
+        an AlreadyExists answer is ours when the live object holds every field we sent:
+        that object is returned. Otherwise it is someone else's: ``ConflictError``.
+        ``verb`` names the call in the counters (gitsync's own state: "state")."""
         ref = ObjectRef.of(obj)
         res = self.resource(ref)
         out: KubeObject = self.request(
@@ -464,13 +679,15 @@ class Kube:
             query={"fieldManager": FIELD_MANAGER},
             body=obj,
             what=f"create {ref}",
+            recover=lambda status: self._landed(ref, obj) if status == 409 else None,
         )
         return out
 
     def replace(
         self, obj: KubeObject, *, manager: str = FIELD_MANAGER, verb: str = "update"
     ) -> KubeObject:
-        """PUT with the object's resourceVersion: optimistic concurrency."""
+        """PUT with the object's resourceVersion: optimistic concurrency. A Conflict that
+        answers a resend is ours only if the live object already holds what we sent."""
         ref = ObjectRef.of(obj)
         res = self.resource(ref)
         out: KubeObject = self.request(
@@ -480,8 +697,17 @@ class Kube:
             query={"fieldManager": manager},
             body=obj,
             what=f"update {ref}",
+            recover=lambda status: self._landed(ref, obj) if status == 409 else None,
         )
         return out
+
+    def _landed(self, ref: ObjectRef, sent: KubeObject) -> KubeObject | None:
+        """The live object if it holds every field of ``sent``; None if not (or unknown)."""
+        try:
+            live = self.get(ref)
+        except KubeError:
+            return None
+        return live if live is not None and contains(live, sent) else None
 
     def delete(
         self,
@@ -501,12 +727,14 @@ class Kube:
         if uid:
             body["preconditions"] = {"uid": uid}
         try:
+            # NotFound answering a resend: an earlier attempt that seemed lost did it.
             self.request(
                 "DELETE",
                 res.path(ref.namespace, ref.name),
                 verb=verb,
                 body=body,
                 what=f"delete {ref}",
+                recover=lambda status: {} if status == 404 else None,
             )
         except NotFoundError:
             return False
@@ -537,7 +765,7 @@ class Kube:
         self._limiter.take()
         self._count("watch")
         try:
-            resp = self._pool.request(
+            resp = self._watch_pool.request(
                 "GET",
                 url,
                 headers={"Accept": "application/json", **self._auth()},
@@ -546,7 +774,7 @@ class Kube:
             )
         except urllib3.exceptions.HTTPError as e:
             msg = f"watch {res.kind}: cannot reach the API server: {e}"
-            raise KubeError(msg) from e
+            raise KubeError(msg, transient=classify_exception(e) is not Transience.PERMANENT) from e
         drained = False
         try:
             if cancel is not None and not cancel._attach(resp):
@@ -555,11 +783,13 @@ class Kube:
                 _raise_for(resp.status, resp.read(), f"watch {res.kind}")
             yield from _json_lines(resp)
             drained = True
-        except (urllib3.exceptions.HTTPError, OSError) as e:
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:
+            # ValueError: a line cut short (a cancel's socket shutdown, a dying server)
+            # is not JSON, or not even UTF-8.
             if cancel is not None and cancel.cancelled:
                 return
             msg = f"watch {res.kind} broke: {e}"
-            raise KubeError(msg) from e
+            raise KubeError(msg, transient=True) from e
         finally:
             if cancel is not None:
                 cancel._attach(None)
