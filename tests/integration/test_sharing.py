@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import structlog
 
 from gitsync import inventory
 from gitsync.kube import Kube
 from gitsync.model import APP_LABEL
 from tests.support.app_fixtures import App, ref
+from tests.support.cluster_fixtures import Kubectl
 from tests.support.manifests import NAMESPACE, config_maps
 
 pytestmark = [pytest.mark.cluster, pytest.mark.git]
@@ -144,3 +146,30 @@ def test_objects_of_the_shared_manager_migrate_to_the_app_manager(app: App, kube
     kube.calls.clear()
     assert app.sync().result == "unchanged"
     assert kube.calls["apply"] == 0
+
+
+def test_diff_sync_and_drift_name_the_same_field_and_the_other_manager(
+    app: App, kube: Kube, kubectl: Kubectl
+) -> None:
+    """A `kubectl set image` shows in `diff` with drift's field path and its manager; the sync
+    that takes it back logs the conflict with that manager instead of forcing silently."""
+    from gitsync.drift import scan
+    from gitsync.sync import prepare
+    from tests.support.manifests import deployment
+
+    app.commit({"ns.yaml": NAMESPACE, "web.yaml": deployment()})
+    assert app.sync().result == "synced"
+    kubectl("set", "image", "-n", app.ns, "deployment/web", "web=registry.invalid/web:hotfix")
+    path = "spec.template.spec.containers[name=web].image"
+    (drift,) = scan(kube, app.config(), state_namespace=app.ctx.state_namespace)
+    assert drift.path == path
+    (change,) = [c for c in prepare(app.config(), app.ctx).plan.changes if c.diff]
+    assert [d.path for d in change.diff] == [path]
+    assert change.conflicts
+    assert change.conflicts[0].startswith("kubectl-set:")
+    with structlog.testing.capture_logs() as logs:
+        assert app.sync().result == "synced"
+    conflicts = [e for e in logs if e["event"] == "sync.conflict"]
+    assert conflicts
+    assert conflicts[0]["owner"].startswith("kubectl-set:")
+    assert drift.manager == "kubectl-set"
