@@ -54,10 +54,7 @@ def _within(path: FieldPath, owned: FieldsV1) -> bool:
     """Whether a fieldsV1 set covers ``path`` (itself or an ancestor as a leaf)."""
     node: Mapping[str, Any] = owned
     for part in path:
-        if isinstance(part, Item):
-            key = next((k for k in node if k.startswith("k:") and _key_is(k, part)), None)
-        else:
-            key = f"f:{part}" if f"f:{part}" in node else None
+        key = _field_key(node, part)
         if key is None:
             return False
         child = node[key]
@@ -65,6 +62,14 @@ def _within(path: FieldPath, owned: FieldsV1) -> bool:
             return True
         node = child
     return True
+
+
+def _field_key(node: Mapping[str, Any], part: str | Item) -> str | None:
+    """The fieldsV1 key under ``node`` for one path part: ``f:name`` or a list item's
+    ``k:{...}`` merge key."""
+    if isinstance(part, Item):
+        return next((k for k in node if k.startswith("k:") and _key_is(k, part)), None)
+    return f"f:{part}" if f"f:{part}" in node else None
 
 
 def _key_is(key: str, item: Item) -> bool:
@@ -157,10 +162,7 @@ def release(live: KubeObject, manager: str, paths: Sequence[FieldPath]) -> list[
 
 def _unclaim(node: dict[str, Any], path: list[str | Item]) -> bool:
     head, rest = path[0], path[1:]
-    if isinstance(head, Item):
-        key = next((k for k in node if k.startswith("k:") and _key_is(k, head)), None)
-    else:
-        key = f"f:{head}" if f"f:{head}" in node else None
+    key = _field_key(node, head)
     if key is None:
         return False
     child = node[key]

@@ -11,28 +11,10 @@ import structlog
 from gitsync.kube import Kube
 from tests.support.app_fixtures import App, ref
 from tests.support.cluster_fixtures import Kubectl
-from tests.support.manifests import NAMESPACE, config_maps, deployment
+from tests.support.manifests import CRD, NAMESPACE, config_maps, deployment
 
 pytestmark = [pytest.mark.cluster, pytest.mark.git]
 
-CRD = """\
-apiVersion: apiextensions.k8s.io/v1
-kind: CustomResourceDefinition
-metadata:
-  name: widgets.{group}
-spec:
-  group: {group}
-  scope: Namespaced
-  names: {{plural: widgets, singular: widget, kind: Widget}}
-  versions:
-    - name: v1
-      served: true
-      storage: true
-      schema:
-        openAPIV3Schema:
-          type: object
-          x-kubernetes-preserve-unknown-fields: true
-"""
 WIDGET = """\
 apiVersion: {group}/v1
 kind: Widget

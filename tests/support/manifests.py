@@ -13,7 +13,14 @@ def config_maps(prefix: str, count: int, value: str = "v") -> str:
     )
 
 
-def deployment(*, behavior: str = "", image: str = "registry.invalid/web:1") -> str:
+def deployment(
+    *,
+    behavior: str = "",
+    image: str = "registry.invalid/web:1",
+    replicas: int = 1,
+    deadline: int = 600,
+) -> str:
+    """Deployment ``web``; ``behavior`` labels its Pods for our KWOK stages (crashloop...)."""
     extra = f"\n        gitsync.test/behavior: {behavior}" if behavior else ""
     return f"""\
 apiVersion: apps/v1
@@ -22,7 +29,8 @@ metadata:
   name: web
   namespace: {{ns}}
 spec:
-  replicas: 1
+  replicas: {replicas}
+  progressDeadlineSeconds: {deadline}
   selector:
     matchLabels:
       app: web
@@ -34,4 +42,25 @@ spec:
       containers:
         - name: web
           image: {image}
+"""
+
+
+# A namespaced CRD of kind Widget in the app's own group (``App.group``).
+CRD = """\
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.{group}
+spec:
+  group: {group}
+  scope: Namespaced
+  names: {{plural: widgets, singular: widget, kind: Widget}}
+  versions:
+    - name: v1
+      served: true
+      storage: true
+      schema:
+        openAPIV3Schema:
+          type: object
+          x-kubernetes-preserve-unknown-fields: true
 """
