@@ -202,12 +202,14 @@ def test_kill_during_sync_then_git_moves_back(
     else:
         sync_and_kill(app, tmp_path, kube, on_cluster=lambda: count_big(kube, app) >= 100)
         assert 0 < count_big(kube, app) < BIG, "killed mid-apply"
+    left = count_big(kube, app)
     back = {k: v.format(ns=app.ns) for k, v in base_tree().items()}
     app.repo.commit(back, message="back", parent=base, force=True)
     result = app.sync()
     assert result.result in ("synced", "unchanged"), result.error
     assert count_big(kube, app) == 0
     assert_converged(kube, app, tmp_path)
+    print(f"\n[kill] {point}: {left} of {BIG} created before kill -9, 0 left after the next sync")
 
 
 def test_kill_during_prune_then_sync(app: App, kube: Kube, tmp_path: Path) -> None:
