@@ -104,10 +104,11 @@ class Manifest:
 
     obj: KubeObject = field(repr=False)  # may be a Secret: never in a repr or a log
     source: str
+    # Parsed once: sort keys and hot loops ask for it thousands of times per sync.
+    ref: ObjectRef = field(init=False, repr=False, compare=False)
 
-    @property
-    def ref(self) -> ObjectRef:
-        return ObjectRef.of(self.obj)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ref", ObjectRef.of(self.obj))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
