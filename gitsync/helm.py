@@ -44,6 +44,7 @@ from gitsync.yamlread import (
 
 __all__ = [
     "CHART_FILE",
+    "FOUNDATION_WAVE",
     "HOOK_ANNOTATION",
     "HOOK_DELETE_ANNOTATION",
     "HOOK_JOB_TTL",
@@ -54,6 +55,7 @@ __all__ = [
     "Limits",
     "check_path",
     "default_command",
+    "foundations_first",
     "is_chart",
     "map_hook",
     "offline_env",
@@ -71,6 +73,9 @@ HOOK_DELETE_ANNOTATION = "helm.sh/hook-delete-policy"
 PRE_HOOK_WAVE = -1000
 POST_HOOK_WAVE = 1000
 _MAX_WEIGHT = 999
+#: Namespaces and CRDs of a chart with pre hooks go first, as Helm installs ``crds/``
+#: and creates the namespace (``--create-namespace``) before it runs any hook.
+FOUNDATION_WAVE = -2000
 #: A Job hook deleted on success (``hook-succeeded``/``hook-failed``) is given this
 #: ``ttlSecondsAfterFinished``: long enough for the health gate to judge it first.
 HOOK_JOB_TTL = 300
@@ -208,6 +213,41 @@ def map_hook(obj: dict[str, Any]) -> dict[str, Any] | str:
         if isinstance(spec, dict) and spec.get("ttlSecondsAfterFinished") is None:
             new["spec"] = {**spec, "ttlSecondsAfterFinished": HOOK_JOB_TTL}
     return new
+
+
+_FOUNDATIONS = frozenset(
+    {("v1", "Namespace"), ("apiextensions.k8s.io/v1", "CustomResourceDefinition")}
+)
+
+
+def foundations_first(objects: list[Any]) -> list[Any]:
+    """With a pre hook present, Namespaces and CRDs without a wave go in ``FOUNDATION_WAVE``."""
+
+    def wave(obj: Any) -> int | None:
+        meta = obj.get("metadata") if isinstance(obj, dict) else None
+        notes = meta.get("annotations") if isinstance(meta, dict) else None
+        value = notes.get(WAVE_ANNOTATION) if isinstance(notes, dict) else None
+        try:
+            return int(value) if isinstance(value, str) else None
+        except ValueError:
+            return None
+
+    if not any((wave(obj) or 0) <= PRE_HOOK_WAVE + _MAX_WEIGHT for obj in objects):
+        return objects
+    out = []
+    for obj in objects:
+        if (
+            isinstance(obj, dict)
+            and (obj.get("apiVersion"), obj.get("kind")) in _FOUNDATIONS
+            and isinstance(obj.get("metadata"), dict)
+            and wave(obj) is None
+        ):
+            meta = obj["metadata"]
+            notes = {**(meta.get("annotations") or {}), WAVE_ANNOTATION: str(FOUNDATION_WAVE)}
+            out.append({**obj, "metadata": {**meta, "annotations": notes}})
+        else:
+            out.append(obj)
+    return out
 
 
 # --------------------------------------------------------------------------- checks
@@ -593,7 +633,7 @@ def _objects(
                 )
                 continue
             out.append((where, mapped))
-    return out
+    return list(zip([w for w, _ in out], foundations_first([o for _, o in out]), strict=True))
 
 
 @dataclass(slots=True)
