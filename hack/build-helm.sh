@@ -14,6 +14,12 @@ if [[ -x "$BIN/helm" ]]; then
 fi
 
 command -v go >/dev/null || { echo "build-helm: Go is required (hack/install-deps.sh)" >&2; exit 1; }
+# Helm v3.22 declares go 1.26; the toolchain is never downloaded (GOTOOLCHAIN=local).
+gov=$(go env GOVERSION | sed 's/^go//'); rest=${gov#*.}
+if (( ${gov%%.*} == 1 && ${rest%%.*} < 26 )); then
+  echo "build-helm: go $gov is older than 1.26, which Helm $HELM_VERSION needs" >&2
+  exit 1
+fi
 
 # The module caches are shared with build-testcluster.sh: Helm and Kubernetes share most modules.
 export GOTOOLCHAIN=local CGO_ENABLED=0
