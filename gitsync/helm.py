@@ -55,10 +55,12 @@ __all__ = [
     "Limits",
     "check_path",
     "default_command",
+    "error_problems",
     "foundations_first",
     "is_chart",
     "map_hook",
     "offline_env",
+    "read_output",
     "template_chart",
 ]
 
@@ -491,7 +493,9 @@ def template_chart(
     )
     if text is None:
         return []
-    return _objects(text, chart=chart, chart_name=name, repo=repo, limits=limits, problems=problems)
+    return read_output(
+        text, chart=chart, chart_name=name, repo=repo, limits=limits, problems=problems
+    )
 
 
 def _run_helm(
@@ -539,7 +543,7 @@ def _run_helm(
                 return None
             if proc.returncode != 0:
                 err = proc.stderr.decode("utf-8", "replace")
-                problems.extend(_helm_errors(err, chart=chart, chart_name=chart_name, repo=repo))
+                problems.extend(error_problems(err, chart=chart, chart_name=chart_name, repo=repo))
                 return None
             size = out.tell()
             if size > limits.max_total_bytes:
@@ -556,7 +560,7 @@ _LOCATION = re.compile(r"\(?(?P<path>[\w.@+-]+(?:/[\w.@+-]+)+):(?P<line>\d+)(?::
 _YAML_ON = re.compile(r"YAML parse error on (?P<path>[\w.@+-]+(?:/[\w.@+-]+)+)")
 
 
-def _helm_errors(stderr: str, *, chart: Path, chart_name: str, repo: Path) -> list[str]:
+def error_problems(stderr: str, *, chart: Path, chart_name: str, repo: Path) -> list[str]:
     """Helm's error as ``file:line:`` sentences, chart paths made repository paths."""
     lines = [ln for ln in stderr.splitlines() if ln.strip()]
     # Helm logs warnings (symlinks, deprecated charts) before its one "Error:" line(s).
@@ -597,9 +601,10 @@ def _helm_errors(stderr: str, *, chart: Path, chart_name: str, repo: Path) -> li
 _SOURCE = re.compile(r"^# Source: (?P<path>\S.*?)\s*$", re.MULTILINE)
 
 
-def _objects(
+def read_output(
     text: str, *, chart: Path, chart_name: str, repo: Path, limits: Limits, problems: list[str]
 ) -> list[tuple[str, Any]]:
+    """(source, object) for each object of ``helm template`` output, hooks made waves."""
     shown = relative(chart / CHART_FILE, repo)
     try:
         docs = read_documents(text, limits.reader)
