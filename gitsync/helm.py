@@ -53,12 +53,14 @@ __all__ = [
     "PRE_HOOK_WAVE",
     "HelmSettings",
     "Limits",
+    "check_helm_charts",
     "check_path",
     "default_command",
     "error_problems",
     "foundations_first",
     "is_chart",
     "map_hook",
+    "map_hooks",
     "offline_env",
     "read_output",
     "template_chart",
@@ -220,6 +222,25 @@ def map_hook(obj: dict[str, Any]) -> dict[str, Any] | str:
 _FOUNDATIONS = frozenset(
     {("v1", "Namespace"), ("apiextensions.k8s.io/v1", "CustomResourceDefinition")}
 )
+
+
+def map_hooks(sourced: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
+    """``map_hook`` on each (source, object), skipped ones logged, then ``foundations_first``."""
+    out: list[tuple[str, Any]] = []
+    for where, obj in sourced:
+        mapped = map_hook(obj) if isinstance(obj, dict) else obj
+        if isinstance(mapped, str):
+            meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
+            log.info(
+                "render.skipped",
+                source=where,
+                kind=obj.get("kind"),
+                name=meta.get("name"),
+                reason=mapped,
+            )
+            continue
+        out.append((where, mapped))
+    return list(zip([w for w, _ in out], foundations_first([o for _, o in out]), strict=True))
 
 
 def foundations_first(objects: list[Any]) -> list[Any]:
@@ -450,6 +471,73 @@ def _values_files(
     return paths
 
 
+def check_helm_charts(
+    spec: dict[str, Any],
+    root: Any,
+    *,
+    directory: Path,
+    repo: Path,
+    shown: str,
+    limits: Limits,
+    problems: list[str],
+) -> bool:
+    """Whether a kustomization inflates charts (``helmCharts``); each must be in the repository.
+
+    kustomize looks for a chart in ``<chartHome>/<name>``, or, when both ``repo`` and
+    ``version`` are set, in ``<chartHome>/<name>-<version>/<name>``; where it is missing,
+    kustomize would ``helm pull`` it, so that is refused here.
+    """
+    charts = spec.get("helmCharts")
+    globals_ = spec.get("helmGlobals")
+    if not charts and not globals_:
+        return False
+    globals_ = globals_ if isinstance(globals_, dict) else {}
+    if globals_.get("configHome") is not None:
+        line = line_at(root, "helmGlobals", "configHome") or 1
+        problems.append(
+            f"{shown}:{line}: helmGlobals.configHome is not supported; gitsync gives Helm a "
+            "private, empty home so a render never reads Helm configuration from elsewhere."
+        )
+    home_entry = globals_.get("chartHome", "charts")
+    home = Path(os.path.realpath(directory / str(home_entry)))
+    if Path(str(home_entry)).is_absolute() or not home.is_relative_to(repo):
+        line = line_at(root, "helmGlobals", "chartHome") or 1
+        problems.append(
+            f"{shown}:{line}: helmGlobals.chartHome {home_entry!r} is outside the repository."
+        )
+        return True
+    for i, chart in enumerate(charts if isinstance(charts, list) else ()):
+        where = f"{shown}:{line_at(root, 'helmCharts', i) or 1}"
+        if not isinstance(chart, dict) or not isinstance(chart.get("name"), str):
+            problems.append(f"{where}: a helmCharts entry has no name.")
+            continue
+        name, remote = chart["name"], str(chart.get("repo") or "")
+        version = str(chart.get("version") or "")
+        local = home / (f"{name}-{version}/{name}" if remote and version else name)
+        if not is_chart(local):
+            reason = (
+                f"comes from {remote}, and kustomize would download it"
+                if remote
+                else "is not in the repository"
+            )
+            problems.append(
+                f"{where}: helmCharts chart '{name}' {reason}; gitsync renders only what is in "
+                f"the commit, so vendor it at {relative(local, repo)} (helm pull --untar)."
+            )
+            continue
+        _check_chart(local, repo, limits, problems)
+        _check_tree(local, repo, limits, problems)
+        extra = chart.get("additionalValuesFiles")
+        files = [chart.get("valuesFile"), *(extra if isinstance(extra, list) else ())]
+        for entry in files:
+            if entry is None:
+                continue
+            checked = check_path(entry, base=directory, repo=repo, what="values file", where=where)
+            if isinstance(checked, str):
+                problems.append(checked)
+    return True
+
+
 # --------------------------------------------------------------------------- template
 
 
@@ -623,22 +711,8 @@ def read_output(
         items, errors = flatten_list(whole)
         fallback = f"{shown} (helm output doc {number})"
         problems.extend(f"{kinds.display(chart_path) or fallback}: {e.message}" for e in errors)
-        for item in items:
-            where = kinds.source(chart_path, item) or fallback
-            mapped = map_hook(item.value) if isinstance(item.value, dict) else item.value
-            if isinstance(mapped, str):
-                obj = item.value
-                meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-                log.info(
-                    "render.skipped",
-                    source=where,
-                    kind=obj.get("kind"),
-                    name=meta.get("name"),
-                    reason=mapped,
-                )
-                continue
-            out.append((where, mapped))
-    return list(zip([w for w, _ in out], foundations_first([o for _, o in out]), strict=True))
+        out.extend((kinds.source(chart_path, item) or fallback, item.value) for item in items)
+    return map_hooks(out)
 
 
 @dataclass(slots=True)

@@ -266,6 +266,7 @@ def _render_app(
             command=list(kustomize or default_command()),
             limits=limits,
             problems=problems,
+            helm_command=helm_command or helm_chart.default_command(),
         )
         docs = [_Doc(obj=obj, source=source) for source, obj in built]
     else:

@@ -380,3 +380,72 @@ def test_config_helm_section() -> None:
     assert "apps[0].helm.valuesFiles" in str(err.value)
     (plain,) = config.parse({"apps": [{"name": "a", "repo": raw["repo"]}]}).apps
     assert plain.helm_settings is None
+
+
+# --------------------------------------------------------------------------- kustomize
+
+
+def _kubectl() -> str:
+    """The kubectl hack/build-testcluster.sh built (cached), for `kubectl kustomize`."""
+    out = subprocess.run(
+        [str(ROOT / "hack" / "build-testcluster.sh")], capture_output=True, text=True, check=True
+    )
+    return str(Path(out.stdout.strip()) / "kubectl")
+
+
+def _kustomized(tmp_path: Path, kustomization: str | None = None) -> Path:
+    app = tmp_path / "repo" / "kustomized"
+    shutil.copytree(CHARTS / "kustomized", app)
+    shutil.copytree(CHARTS / "shop", app / "charts" / "shop")
+    if kustomization is not None:
+        (app / "kustomization.yaml").write_text(kustomization)
+    return app
+
+
+def test_kustomization_inflates_a_chart_in_the_repository(
+    tmp_path: Path, helm_command: str
+) -> None:
+    """helmCharts with the chart vendored renders through kustomize; hooks become waves."""
+    app = _kustomized(tmp_path)
+    manifests = render(
+        app,
+        repo_root=tmp_path / "repo",
+        default_namespace="k",
+        app_name="a",
+        kinds=StaticKinds(),
+        kustomize=[_kubectl(), "kustomize"],
+        helm_command=helm_command,
+    )
+    objects = {m.ref.name: m.obj for m in manifests.manifests}
+    assert objects["kshop-web"]["spec"]["replicas"] == 3
+    assert objects["kshop-config"]["data"]["greeting"] == "from kustomize"
+    assert objects["kshop-config"]["metadata"]["labels"]["layer"] == "kustomize"
+    assert objects["kshop-migrate"]["metadata"]["annotations"][WAVE_ANNOTATION] == "-1005"
+    assert "kshop-test" not in objects
+
+
+def test_kustomization_with_a_remote_chart_is_refused(tmp_path: Path) -> None:
+    """A helmCharts chart kustomize would download, and a configHome, are refused."""
+    app = _kustomized(
+        tmp_path,
+        "helmGlobals:\n  configHome: /root/.config/helm\n"
+        "helmCharts:\n  - name: shop\n    repo: https://charts.example.invalid\n"
+        "    version: 0.1.0\n  - name: absent\n",
+    )
+    with pytest.raises(RenderError) as err:
+        render(
+            app,
+            repo_root=tmp_path / "repo",
+            default_namespace="k",
+            app_name="a",
+            kinds=StaticKinds(),
+            helm_command=str(tmp_path / "no-such-helm"),
+        )
+    text = "\n".join(err.value.problems)
+    assert "kustomized/kustomization.yaml:2: helmGlobals.configHome is not supported" in text
+    assert (
+        "kustomized/kustomization.yaml:4: helmCharts chart 'shop' comes from "
+        "https://charts.example.invalid, and kustomize would download it" in text
+    )
+    assert "vendor it at kustomized/charts/shop-0.1.0/shop" in text
+    assert "helmCharts chart 'absent' is not in the repository" in text
