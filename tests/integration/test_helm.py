@@ -157,3 +157,51 @@ def test_values_file_outside_the_repository_is_refused(app: App, kube: Kube) -> 
     )
     assert sum(kube.calls[verb] for verb in WRITES) == 0, dict(kube.calls)
     assert kube.get(ref("Namespace", app.ns)) is None
+
+
+def test_cli_render_diff_and_lint_work_on_charts(
+    app: App, kube: Kube, kubeconfig: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`gitsync render` (Secrets masked), `diff` (chart file:line per change, then nothing to
+    do after a sync) and `lint` take a chart; a refused chart exits 2."""
+    import yaml
+
+    from gitsync.cli import main
+
+    app.repo.commit(shop_tree(), message="shop")
+    raw = {
+        "stateNamespace": app.ctx.state_namespace,
+        "apps": [
+            {
+                "name": app.name,
+                "repo": app.repo.file_url,
+                "path": "shop",
+                "namespace": app.ns,
+                "helm": helm(),
+            }
+        ],
+    }
+    cfg = tmp_path / "gitsync.yaml"
+    cfg.write_text(yaml.safe_dump(raw))
+    common = ["--config", str(cfg), "--kubeconfig", str(kubeconfig)]
+    common += ["--cache-dir", str(tmp_path / "cli-cache")]
+
+    assert main(["render", *common]) == 0
+    out = capsys.readouterr().out
+    assert "name: shop-secret" in out
+    assert "s3cret-common" not in out
+    assert "password: '***'" in out
+    assert "name: shop-test" not in out
+
+    assert main(["diff", *common]) == 1
+    out = capsys.readouterr().out
+    assert f"+ create Deployment.apps {app.ns}/shop-web  (shop/templates/deployment.yaml:2)" in out
+    assert app.sync(path="shop", helm=helm()).result == "synced"
+    capsys.readouterr()
+    assert main(["diff", *common]) == 0
+    assert "0 to create, 0 to update, 0 to prune, 7 unchanged" in capsys.readouterr().out
+
+    assert main(["lint", str(CHARTS / "shop"), "--values", "values-prod.yaml"]) == 0
+    assert "7 object(s) OK" in capsys.readouterr().out
+    assert main(["lint", str(CHARTS / "remote-dep")]) == 2
+    assert "dependency 'redis' comes from the remote repository" in capsys.readouterr().err
