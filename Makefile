@@ -37,7 +37,7 @@ lint: venv
 test: venv testcluster lint
 	PATH="$(TESTCLUSTER_PATH)" $(BIN)/pytest
 
-unit: venv
+unit: venv helm
 	$(BIN)/pytest -m "not cluster" tests/unit
 
 demo: venv testcluster

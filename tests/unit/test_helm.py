@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -221,18 +222,22 @@ def test_helm_errors_name_the_chart_file_and_line(tmp_path: Path) -> None:
     assert problem.startswith("apps/shop/templates/x.yaml:1: helm template failed: YAML parse")
 
 
-def test_helm_runs_without_the_users_config_or_network(tmp_path: Path) -> None:
-    """Every HELM_* home is private, no kubeconfig, proxies lead nowhere."""
+def test_helm_runs_without_the_users_config_or_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every HELM_* home is private, no kubeconfig, proxies lead nowhere, nothing inherited
+    from the controller's environment but PATH."""
+    monkeypatch.setenv("HELM_REPOSITORY_CONFIG", "/root/.config/helm/repositories.yaml")
+    monkeypatch.setenv("GIT_TOKEN", "sentinel-token")
     env = offline_env(tmp_path / "home")
     for key in ("HELM_CONFIG_HOME", "HELM_CACHE_HOME", "HELM_DATA_HOME", "HELM_PLUGINS"):
         assert Path(env[key]).is_relative_to(tmp_path)
+    assert Path(env["HELM_REPOSITORY_CONFIG"]).is_relative_to(tmp_path)
     assert Path(env["KUBECONFIG"]).is_relative_to(tmp_path)
-    assert env["HTTPS_PROXY"] == "http://127.0.0.1:9"
-    assert (
-        not set(env)
-        - {"PATH", "HOME", "TMPDIR", "NO_PROXY", "no_proxy"}
-        - {k for k in env if k.startswith(("HELM_", "KUBECONFIG", "HTTP", "http"))}
-    )
+    assert env["HTTPS_PROXY"] == env["HTTP_PROXY"] == "http://127.0.0.1:9"
+    assert env["NO_PROXY"] == ""
+    assert "GIT_TOKEN" not in env
+    assert "sentinel-token" not in "".join(env.values())
 
 
 # --------------------------------------------------------------------------- render
@@ -321,6 +326,24 @@ def test_values_files_are_checked_like_every_repository_path(tmp_path: Path) -> 
     assert "valuesFiles[3]: values file 'https://x/v.yaml' is a URL" in text
 
 
+def test_values_file_symlinked_out_of_the_repository_is_refused(tmp_path: Path) -> None:
+    """A values file that is a symlink to outside the repository counts as an escape."""
+    chart = _chart(tmp_path, TEMPLATES)
+    (tmp_path / "outside.yaml").write_text("a: 1\n")
+    (chart / "values-link.yaml").symlink_to(tmp_path / "outside.yaml")
+    with pytest.raises(RenderError) as err:
+        render(
+            chart,
+            repo_root=tmp_path / "repo",
+            default_namespace="d",
+            app_name="a",
+            kinds=StaticKinds(),
+            helm=HelmSettings(values_files=("values-link.yaml",)),
+            helm_command=str(tmp_path / "no-such-helm"),
+        )
+    assert any("'values-link.yaml' resolves outside" in p for p in err.value.problems)
+
+
 def test_helm_settings_need_a_chart_and_a_chart_no_kustomization(tmp_path: Path) -> None:
     """apps[].helm on a plain directory, and a Chart.yaml beside a kustomization, are refused."""
     plain = tmp_path / "plain"
@@ -385,12 +408,19 @@ def test_config_helm_section() -> None:
 # --------------------------------------------------------------------------- kustomize
 
 
-def _kubectl() -> str:
-    """The kubectl hack/build-testcluster.sh built (cached), for `kubectl kustomize`."""
-    out = subprocess.run(
-        [str(ROOT / "hack" / "build-testcluster.sh")], capture_output=True, text=True, check=True
+def _kubectl() -> str | None:
+    """The kubectl hack/build-testcluster.sh built, else the one on PATH (as test_render)."""
+    cache = Path(
+        os.environ.get("GITSYNC_CACHE")
+        or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gitsync"
     )
-    return str(Path(out.stdout.strip()) / "kubectl")
+    for candidate in sorted((cache / "testcluster").glob("*/bin/kubectl"), reverse=True):
+        if os.access(candidate, os.X_OK):
+            return str(candidate)
+    return shutil.which("kubectl")
+
+
+KUBECTL = _kubectl()
 
 
 def _kustomized(tmp_path: Path, kustomization: str | None = None) -> Path:
@@ -402,6 +432,7 @@ def _kustomized(tmp_path: Path, kustomization: str | None = None) -> Path:
     return app
 
 
+@pytest.mark.skipif(KUBECTL is None, reason="no kubectl for `kubectl kustomize`")
 def test_kustomization_inflates_a_chart_in_the_repository(
     tmp_path: Path, helm_command: str
 ) -> None:
@@ -413,7 +444,7 @@ def test_kustomization_inflates_a_chart_in_the_repository(
         default_namespace="k",
         app_name="a",
         kinds=StaticKinds(),
-        kustomize=[_kubectl(), "kustomize"],
+        kustomize=[str(KUBECTL), "kustomize"],
         helm_command=helm_command,
     )
     objects = {m.ref.name: m.obj for m in manifests.manifests}
