@@ -14,6 +14,7 @@ from gitsync.kube import Kube
 from gitsync.model import WAVE_ANNOTATION
 from gitsync.sync import prepare_render
 from tests.support.app_fixtures import App, ref
+from tests.support.cluster_fixtures import Kubectl
 
 pytestmark = [pytest.mark.cluster, pytest.mark.git]
 
@@ -205,3 +206,19 @@ def test_cli_render_diff_and_lint_work_on_charts(
     assert "7 object(s) OK" in capsys.readouterr().out
     assert main(["lint", str(CHARTS / "remote-dep")]) == 2
     assert "dependency 'redis' comes from the remote repository" in capsys.readouterr().err
+
+
+def test_drift_on_a_chart_object_is_reported(app: App, kube: Kube, kubectl: Kubectl) -> None:
+    """A hand edit of an object the chart rendered is drift, like any other object's."""
+    from gitsync import drift
+
+    app.repo.commit(shop_tree(), message="shop")
+    assert app.sync(path="shop", helm=helm()).result == "synced"
+    kubectl("-n", app.ns, "patch", "configmap", "shop-config", "--type=merge", "-p",
+            '{"data":{"greeting":"edited by hand"}}')  # fmt: skip
+    reports = drift.scan(
+        kube, app.config(path="shop", helm=helm()), state_namespace=app.ctx.state_namespace
+    )
+    assert {(str(r.ref), r.path) for r in reports} == {
+        (f"ConfigMap {app.ns}/shop-config", "data.greeting")
+    }
