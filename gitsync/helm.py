@@ -182,10 +182,9 @@ def map_hook(obj: dict[str, Any]) -> dict[str, Any] | str:
     """
     meta = obj.get("metadata")
     annotations = meta.get("annotations") if isinstance(meta, dict) else None
-    hook = annotations.get(HOOK_ANNOTATION) if isinstance(annotations, dict) else None
-    if not isinstance(hook, str) or not isinstance(annotations, dict):
+    events = _hook_events(obj)
+    if events is None or not isinstance(annotations, dict):
         return obj
-    events = {e.strip() for e in hook.split(",") if e.strip()}
     if events & _TEST:
         return "a Helm test hook (run by `helm test`); gitsync does not run chart tests"
     if events & _PRE:
@@ -219,6 +218,16 @@ def map_hook(obj: dict[str, Any]) -> dict[str, Any] | str:
     return new
 
 
+def _hook_events(obj: Any) -> frozenset[str] | None:
+    """The events of the object's ``helm.sh/hook`` annotation; None if it is no hook."""
+    meta = obj.get("metadata") if isinstance(obj, dict) else None
+    annotations = meta.get("annotations") if isinstance(meta, dict) else None
+    hook = annotations.get(HOOK_ANNOTATION) if isinstance(annotations, dict) else None
+    if not isinstance(hook, str):
+        return None
+    return frozenset(e.strip() for e in hook.split(",") if e.strip())
+
+
 _FOUNDATIONS = frozenset(
     {("v1", "Namespace"), ("apiextensions.k8s.io/v1", "CustomResourceDefinition")}
 )
@@ -246,16 +255,10 @@ def map_hooks(sourced: list[tuple[str, Any]]) -> list[tuple[str, Any]]:
 def foundations_first(objects: list[Any]) -> list[Any]:
     """With a pre hook present, Namespaces and CRDs without a wave go in ``FOUNDATION_WAVE``."""
 
-    def wave(obj: Any) -> int | None:
-        meta = obj.get("metadata") if isinstance(obj, dict) else None
-        notes = meta.get("annotations") if isinstance(meta, dict) else None
-        value = notes.get(WAVE_ANNOTATION) if isinstance(notes, dict) else None
-        try:
-            return int(value) if isinstance(value, str) else None
-        except ValueError:
-            return None
+    def has_wave(obj: dict[str, Any]) -> bool:
+        return WAVE_ANNOTATION in (obj["metadata"].get("annotations") or {})
 
-    if not any((wave(obj) or 0) <= PRE_HOOK_WAVE + _MAX_WEIGHT for obj in objects):
+    if not any((_hook_events(obj) or frozenset()) & _PRE for obj in objects):
         return objects
     out = []
     for obj in objects:
@@ -263,7 +266,7 @@ def foundations_first(objects: list[Any]) -> list[Any]:
             isinstance(obj, dict)
             and (obj.get("apiVersion"), obj.get("kind")) in _FOUNDATIONS
             and isinstance(obj.get("metadata"), dict)
-            and wave(obj) is None
+            and not has_wave(obj)
         ):
             meta = obj["metadata"]
             notes = {**(meta.get("annotations") or {}), WAVE_ANNOTATION: str(FOUNDATION_WAVE)}

@@ -118,6 +118,8 @@ def test_namespaces_and_crds_go_before_pre_hooks() -> None:
     assert out[0]["metadata"]["annotations"][WAVE_ANNOTATION] == str(FOUNDATION_WAVE)
     assert out[1] is cm
     assert foundations_first([ns, cm]) == [ns, cm]
+    early = {**cm, "metadata": {"name": "e", "annotations": {WAVE_ANNOTATION: "-1500"}}}
+    assert foundations_first([ns, early]) == [ns, early], "only a pre hook moves them"
 
 
 # --------------------------------------------------------------------------- sources
