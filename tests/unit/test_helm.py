@@ -482,3 +482,53 @@ def test_kustomization_with_a_remote_chart_is_refused(tmp_path: Path) -> None:
     )
     assert "vendor it at kustomized/charts/shop-0.1.0/shop" in text
     assert "helmCharts chart 'absent' is not in the repository" in text
+
+
+def test_helm_template_error_is_reported_at_the_chart_line(
+    tmp_path: Path, helm_command: str
+) -> None:
+    """The real helm's error names the template and line, as a repository path."""
+    chart = tmp_path / "repo" / "shop"
+    shutil.copytree(CHARTS / "shop", chart)
+    (chart / "templates" / "bad.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: bad\ndata:\n"
+        "  a: {{ .Values.missing.deeper }}\n"
+    )
+    with pytest.raises(RenderError) as err:
+        render(
+            chart,
+            repo_root=tmp_path / "repo",
+            default_namespace="d",
+            app_name="a",
+            kinds=StaticKinds(),
+            helm_command=helm_command,
+        )
+    (problem,) = err.value.problems
+    assert problem.startswith("shop/templates/bad.yaml:6: helm template failed: "), problem
+    assert "nil pointer" in problem
+
+
+def test_problems_in_rendered_objects_are_all_reported_at_their_templates(
+    tmp_path: Path, helm_command: str
+) -> None:
+    """Objects the chart renders are validated like any others, every problem at once."""
+    chart = tmp_path / "repo" / "shop"
+    shutil.copytree(CHARTS / "shop", chart)
+    (chart / "templates" / "odd.yaml").write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  labels: {}\n---\n"
+        "apiVersion: example.invalid/v1\nkind: Gadget\nmetadata:\n  name: g\n"
+    )
+    with pytest.raises(RenderError) as err:
+        render(
+            chart,
+            repo_root=tmp_path / "repo",
+            default_namespace="d",
+            app_name="a",
+            kinds=StaticKinds(),
+            helm_command=helm_command,
+        )
+    assert err.value.problems == [
+        "shop/templates/odd.yaml:2: the ConfigMap has no metadata.name.",
+        "shop/templates/odd.yaml:7: the kind Gadget (example.invalid/v1) is not served by the "
+        "API server and no CustomResourceDefinition in this app defines it.",
+    ]
