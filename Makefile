@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: all deps venv testcluster test lint unit integration demo demo-down bench clean
+.PHONY: all deps venv testcluster helm test lint unit integration demo demo-down bench clean
 
 all: test
 
@@ -22,9 +22,12 @@ venv: deps $(BIN)/.installed
 # Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and kwok from
 # the Go module proxy once (about 5 min cold on 2 cores), then reuses the cache in seconds.
 # Its bin dir goes on PATH so tests and `kubectl kustomize` use the kubectl built there.
-testcluster: deps
+testcluster: deps helm
 	@hack/build-testcluster.sh >/dev/null
-TESTCLUSTER_PATH = $$(hack/build-testcluster.sh):$$PATH
+# Helm (pinned, built the same way) renders charts; its bin dir goes on PATH too.
+helm: deps
+	@hack/build-helm.sh >/dev/null
+TESTCLUSTER_PATH = $$(hack/build-testcluster.sh):$$(hack/build-helm.sh):$$PATH
 
 lint: venv
 	$(BIN)/ruff check .
@@ -34,7 +37,7 @@ lint: venv
 test: venv testcluster lint
 	PATH="$(TESTCLUSTER_PATH)" $(BIN)/pytest
 
-unit: venv
+unit: venv helm
 	$(BIN)/pytest -m "not cluster" tests/unit
 
 demo: venv testcluster

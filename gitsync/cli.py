@@ -66,10 +66,19 @@ def _parser() -> argparse.ArgumentParser:
     li = sub.add_parser(
         "lint", help="validate a local manifest directory offline; no cluster, no Git"
     )
-    li.add_argument("directory", help="directory of YAML/JSON manifests or a kustomization")
+    li.add_argument(
+        "directory", help="directory of YAML/JSON manifests, a kustomization or a Helm chart"
+    )
     li.add_argument("--repo-root", help="outermost directory paths may use (default: DIRECTORY)")
     li.add_argument("--namespace", default="default", help="default namespace for objects")
     li.add_argument("--strict", action="store_true", help="exit 1 on lint warnings too")
+    li.add_argument(
+        "--values",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a Helm values file for a chart directory, relative to it (repeatable)",
+    )
     li.add_argument("--log-format", choices=["json", "console"], help="log format")
     rn = sub.add_parser("run", help="run the controller: sync every app on its interval")
     rn.add_argument("--config", required=True, help="config file (see docs/deploy.md)")
@@ -320,7 +329,7 @@ def _lint(args: argparse.Namespace) -> int:
     Kinds the table does not know (custom resources of CRDs not in the set) are reported
     as unknown, as they would be by a cluster that lacks their CRD.
     """
-    from gitsync.render import StaticKinds, render
+    from gitsync.render import HelmSettings, StaticKinds, render
 
     directory = Path(args.directory).resolve()
     root = Path(args.repo_root).resolve() if args.repo_root else directory
@@ -330,6 +339,7 @@ def _lint(args: argparse.Namespace) -> int:
         default_namespace=args.namespace,
         app_name="lint",
         kinds=StaticKinds(),
+        helm=HelmSettings(values_files=tuple(args.values)) if args.values else None,
     )
     for warning in manifests.warnings:
         print(f"warning: {warning}")

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from gitsync.errors import ConfigError
+from gitsync.helm import HelmSettings
 from gitsync.yamlread import ReadError, ReadLimits, read_first
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
@@ -81,6 +82,33 @@ class IgnoreRule(_Model):
     pointer: str = Field(alias="jsonPointer")
 
 
+class HelmConfig(_Model):
+    """``helm template`` settings for an app whose path is a chart directory."""
+
+    release_name: str | None = Field(default=None, alias="releaseName")
+    namespace: str | None = None
+    values: dict[str, Any] = Field(default_factory=dict)
+    # Relative to the chart directory; render checks each stays inside the repository.
+    values_files: tuple[str, ...] = Field(default=(), alias="valuesFiles")
+
+    @field_validator("release_name")
+    @classmethod
+    def _release(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME.match(v):
+            msg = f"{v!r} must be a DNS label of at most 52 characters (a Helm release name)"
+            raise ValueError(msg)
+        return v
+
+    @field_validator("values_files")
+    @classmethod
+    def _values_files(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in v:
+            if not entry or "://" in entry or Path(entry).is_absolute():
+                msg = f"{entry!r} must be a relative path inside the repository"
+                raise ValueError(msg)
+        return v
+
+
 class AppConfig(_Model):
     name: str
     repo: str
@@ -96,6 +124,19 @@ class AppConfig(_Model):
     ignore: tuple[IgnoreRule, ...] = ()
     # Other gitsync apps whose objects this app may take over (default: none).
     adopt_from: tuple[str, ...] = Field(default=(), alias="adoptFrom")
+    helm: HelmConfig | None = None
+
+    @property
+    def helm_settings(self) -> HelmSettings | None:
+        """What render gives ``helm template`` (None: no ``helm`` section)."""
+        if self.helm is None:
+            return None
+        return HelmSettings(
+            release_name=self.helm.release_name or "",
+            namespace=self.helm.namespace or "",
+            values=self.helm.values,
+            values_files=self.helm.values_files,
+        )
 
     @field_validator("name")
     @classmethod

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from gitsync import helm as helm_chart
 from gitsync.errors import RenderError
+from gitsync.helm import HelmSettings
 from gitsync.kustomize import (
     DEFAULT_KUSTOMIZE,
     KUSTOMIZATION_FILES,
@@ -54,6 +56,7 @@ __all__ = [
     "BUILTIN_KINDS",
     "DEFAULT_KUSTOMIZE",
     "KUSTOMIZATION_FILES",
+    "HelmSettings",
     "KindResolver",
     "RenderLimits",
     "Scope",
@@ -157,6 +160,7 @@ class RenderLimits:
     max_alias_nodes: int = 100_000  # nodes that alias uses add to one document
     max_depth: int = 200  # nesting of one document; at most yamlread.MAX_DEPTH
     kustomize_timeout: float = 60.0
+    helm_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_depth <= MAX_DEPTH:
@@ -181,9 +185,15 @@ def render(
     app_name: str,
     kinds: KindResolver,
     kustomize: Sequence[str] | None = None,
+    helm: HelmSettings | None = None,
+    helm_command: str | None = None,
     limits: RenderLimits = RenderLimits(),
 ) -> ManifestSet:
-    """Read, parse and validate the app; raise one RenderError naming every problem."""
+    """Read, parse and validate the app; raise one RenderError naming every problem.
+
+    A directory with a ``Chart.yaml`` is a Helm chart, rendered with ``helm`` settings
+    (``apps[].helm``) by ``helm_command`` (default: ``helm`` on PATH).
+    """
     repo = Path(os.path.realpath(repo_root))
     app = Path(os.path.realpath(app_dir))
     if not app.is_relative_to(repo):
@@ -203,6 +213,8 @@ def render(
             app_name=app_name,
             kinds=kinds,
             kustomize=kustomize,
+            helm=helm,
+            helm_command=helm_command,
             limits=limits,
         )
 
@@ -215,11 +227,38 @@ def _render_app(
     app_name: str,
     kinds: KindResolver,
     kustomize: Sequence[str] | None,
+    helm: HelmSettings | None,
+    helm_command: str | None,
     limits: RenderLimits,
 ) -> ManifestSet:
     problems: list[str] = []
     kustomization = kustomization_file(app)
-    if kustomization is not None:
+    if helm_chart.is_chart(app):
+        if kustomization is not None:
+            problems.append(
+                f"{relative(kustomization, repo)}:1: the directory holds both a Chart.yaml and "
+                "a kustomization; keep one (a kustomization can use the chart via helmCharts)."
+            )
+        settings = helm or HelmSettings()
+        default_namespace = settings.namespace or default_namespace
+        built = helm_chart.template_chart(
+            app,
+            repo=repo,
+            settings=settings,
+            release=settings.release_name or app_name,
+            namespace=default_namespace,
+            command=helm_command or helm_chart.default_command(),
+            limits=limits,
+            problems=problems,
+        )
+        docs = [_Doc(obj=obj, source=source) for source, obj in built]
+    elif helm is not None:
+        problems.append(
+            f"{relative(app, repo) or '.'}:1: apps[].helm is set, but the app directory has "
+            "no Chart.yaml; remove the helm settings or point the app at the chart."
+        )
+        docs = []
+    elif kustomization is not None:
         built = build_kustomization(
             app,
             kustomization=kustomization,
@@ -227,6 +266,7 @@ def _render_app(
             command=list(kustomize or default_command()),
             limits=limits,
             problems=problems,
+            helm_command=helm_command or helm_chart.default_command(),
         )
         docs = [_Doc(obj=obj, source=source) for source, obj in built]
     else:

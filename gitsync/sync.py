@@ -106,6 +106,7 @@ def prepare_render(app: AppConfig, ctx: Context) -> tuple[Revision, ManifestSet]
             app_name=app.name,
             kinds=ctx.kube.discover(refresh=True),
             kustomize=list(ctx.kustomize) if ctx.kustomize else None,
+            helm=app.helm_settings,
         )
     return revision, manifests
 
