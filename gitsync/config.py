@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -24,6 +25,7 @@ from gitsync.errors import ConfigError
 from gitsync.yamlread import ReadError, ReadLimits, read_first
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
+PLAINTEXT_SCHEMES = frozenset({"http", "git"})
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$")
 
 
@@ -61,6 +63,41 @@ class AuthConfig(_Model):
     secret_ref: str = Field(alias="secretRef")
 
 
+class VerifyConfig(_Model):
+    """Trusted signers of the synced commit (or annotated tag): a Secret with ``pgp.asc``
+    (armored OpenPGP public keys) and/or ``allowed_signers`` (ssh-keygen's format); the
+    CLI may give a local file or directory instead (``keys``)."""
+
+    secret_ref: str | None = Field(default=None, alias="secretRef")
+    keys: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VerifyConfig:
+        if (self.secret_ref is None) == (self.keys is None):
+            msg = "give exactly one of secretRef or keys"
+            raise ValueError(msg)
+        return self
+
+
+class SecretKeyRef(_Model):
+    """One key of a Secret in the controller's namespace (``stateNamespace``)."""
+
+    name: str
+    key: str = "secret"
+
+
+class AppWebhookConfig(_Model):
+    """This app's own webhook HMAC secret (``secretRef: NAME`` or ``{name, key}``);
+    it replaces ``controller.webhook``'s secret for ``POST /hooks/<app>``."""
+
+    secret_ref: SecretKeyRef = Field(alias="secretRef")
+
+    @field_validator("secret_ref", mode="before")
+    @classmethod
+    def _name_only(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+
 class PruneConfig(_Model):
     enabled: bool = True
     allow_empty: bool = Field(default=False, alias="allowEmpty")
@@ -83,6 +120,9 @@ class IgnoreRule(_Model):
 
 class AppConfig(_Model):
     name: str
+    # Before ``repo``, whose validator reads it: http:// and git:// let anyone on the
+    # network path choose what is applied.
+    allow_insecure: bool = Field(default=False, alias="allowInsecure")
     repo: str
     ref: str = Field(default="main", alias="branch")
     path: str = "."
@@ -96,6 +136,8 @@ class AppConfig(_Model):
     ignore: tuple[IgnoreRule, ...] = ()
     # Other gitsync apps whose objects this app may take over (default: none).
     adopt_from: tuple[str, ...] = Field(default=(), alias="adoptFrom")
+    verify: VerifyConfig | None = None
+    webhook: AppWebhookConfig | None = None
 
     @field_validator("name")
     @classmethod
@@ -118,12 +160,18 @@ class AppConfig(_Model):
             raise ValueError(msg)
         return v
 
-
-class SecretKeyRef(_Model):
-    """One key of a Secret in the controller's namespace (``stateNamespace``)."""
-
-    name: str
-    key: str = "secret"
+    @field_validator("repo")
+    @classmethod
+    def _plaintext(cls, v: str, info: ValidationInfo) -> str:
+        scheme = v.split("://", 1)[0].lower() if "://" in v else ""
+        if scheme in PLAINTEXT_SCHEMES and not info.data.get("allow_insecure"):
+            msg = (
+                f"{scheme}:// is unencrypted and unauthenticated, so anyone on the "
+                "network path chooses what is applied; use https:// or ssh://, or set "
+                "allowInsecure: true on this app (--allow-insecure on the command line)"
+            )
+            raise ValueError(msg)
+        return v
 
 
 class WebhookConfig(_Model):

@@ -80,7 +80,7 @@ def test_run_syncs_two_apps_and_follows_new_commits_while_a_third_hangs(
         {
             "stateNamespace": state_ns,
             "apps": [
-                app_config("hung", blackhole, ns_a),
+                app_config("hung", blackhole, ns_a, allowInsecure=True),
                 app_config("alpha", repo_a.file_url, ns_a),
                 app_config("beta", repo_b.file_url, ns_b),
             ],
@@ -151,7 +151,13 @@ def test_failing_app_is_retried_with_backoff_and_others_keep_syncing(
         {
             "stateNamespace": state_ns,
             "apps": [
-                app_config("gone", f"http://127.0.0.1:{port}/x.git", namespace, interval="1h"),
+                app_config(
+                    "gone",
+                    f"http://127.0.0.1:{port}/x.git",
+                    namespace,
+                    interval="1h",
+                    allowInsecure=True,
+                ),
                 app_config("ok", repo.file_url, namespace),
             ],
             "controller": {
@@ -407,13 +413,18 @@ def test_credentials_from_a_secret_work_for_smart_http_and_never_reach_the_logs(
             "stateNamespace": state_ns,
             "apps": [
                 app_config(
-                    "private", git_http.url(repo), namespace, auth={"secretRef": "git-basic"}
+                    "private",
+                    git_http.url(repo),
+                    namespace,
+                    auth={"secretRef": "git-basic"},
+                    allowInsecure=True,
                 ),
                 app_config(
                     "private-token",
                     git_http.url(repo2),
                     namespace,
                     auth={"secretRef": "git-token"},
+                    allowInsecure=True,
                 ),
             ],
             "controller": {"leaderElection": lease_config()},
@@ -474,7 +485,7 @@ def test_a_stuck_sync_makes_readyz_fail(
     proc = controllers(
         {
             "stateNamespace": state_ns,
-            "apps": [app_config("hung", blackhole, namespace)],
+            "apps": [app_config("hung", blackhole, namespace, allowInsecure=True)],
             "controller": {
                 "leaderElection": lease_config(),
                 "stuckAfter": "1s",
