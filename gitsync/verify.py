@@ -15,6 +15,7 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import itertools
 import os
 import re
 import shutil
@@ -178,8 +179,9 @@ def judge(*, kind: str, sha: str, ok: bool, output: str, raw: str, keys: Trusted
     ``output`` is git's ``--raw`` output (gpg status lines or ssh-keygen's message),
     ``raw`` the object itself, read for the signer's identity when git refused.
     """
-    signed = "-----BEGIN " in raw
-    ssh = _SSH_SIG.search(raw)
+    signature = _signature(kind, raw)
+    signed = bool(signature)
+    ssh = _SSH_SIG.search(signature)
     status = {m["word"]: (m["rest"] or "") for m in _STATUS.finditer(output)}
     if ok and ssh is not None:
         who = _PRINCIPAL.search(output)
@@ -216,6 +218,24 @@ def judge(*, kind: str, sha: str, ok: bool, output: str, raw: str, keys: Trusted
         f"a key trusted in {keys.origin}, or add the signer's public key there"
     )
     raise UntrustedError(message, commit=sha, signer=signer, reason=reason)
+
+
+def _signature(kind: str, raw: str) -> str:
+    """The signature block of a commit (its ``gpgsig`` header) or a tag (end of message)."""
+    if kind == "commit":
+        header = raw.split("\n\n", 1)[0]
+        lines = header.split("\n")
+        for i, line in enumerate(lines):
+            if line.startswith(("gpgsig ", "gpgsig-sha256 ")):
+                block = [line.split(" ", 1)[1]]
+                rest = itertools.takewhile(lambda ln: ln.startswith(" "), lines[i + 1 :])
+                block += [ln[1:] for ln in rest]
+                return "\n".join(block)
+        return ""
+    start = max(
+        raw.rfind("-----BEGIN PGP SIGNATURE-----"), raw.rfind("-----BEGIN SSH SIGNATURE-----")
+    )
+    return raw[start:] if start >= 0 else ""
 
 
 def _first_line(output: str) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -194,3 +195,35 @@ def test_cli_sync_once_with_verify_keys_refuses_with_exit_2(
     assert _value(app) == "1"
     assert main([a for a in args if a not in ("--verify-keys", str(keys))]) == 0
     assert _value(app) == "2"
+
+
+def test_a_commit_changed_after_signing_is_refused_as_a_bad_signature(
+    app: App, signing_keys: Keys
+) -> None:
+    """A signed commit whose content was altered afterwards: BADSIG, refused, nothing written."""
+    gpg = signing_keys("openpgp", "alice")
+    verify = _trust(app, gpg)
+    _commit(app, "1", gpg)
+    assert app.sync(**verify).result == "synced"
+    signed = _commit(app, "2", gpg)
+    git_dir = ["git", "--git-dir", str(app.repo.path)]
+    raw = subprocess.run(
+        [*git_dir, "cat-file", "commit", signed], capture_output=True, check=True
+    ).stdout
+    forged_raw = raw.replace(b"\nv2\n", b"\nv2 (approved)\n")
+    assert forged_raw != raw
+    forged = (
+        subprocess.run(
+            [*git_dir, "hash-object", "-t", "commit", "-w", "--stdin"],
+            input=forged_raw,
+            capture_output=True,
+            check=True,
+        )
+        .stdout.decode()
+        .strip()
+    )
+    subprocess.run([*git_dir, "update-ref", "refs/heads/main", forged], check=True)
+    result, logged = _sync_logged(app, **verify)
+    _refused(app, result, forged, "bad signature", signer=gpg.key[-16:])
+    assert logged[0]["commit"] == forged
+    assert _value(app) == "1"
