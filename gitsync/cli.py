@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument(
             "--allow-insecure",
             action="store_true",
-            help="allow http:// and git:// repositories (unencrypted; refused by default)",
+            help="allow http:// and git:// for --repo (unencrypted; refused by default); "
+            "with --config, set allowInsecure on the app",
         )
         g.add_argument(
             "--verify-keys",

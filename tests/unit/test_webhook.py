@@ -368,3 +368,22 @@ def test_a_trickled_request_is_cut_at_its_deadline(monkeypatch: pytest.MonkeyPat
     finally:
         sock.close()
         server.stop()
+
+
+def test_a_secret_is_shared_when_another_app_would_accept_it() -> None:
+    """Own secrets bind alone; the fallback of one app binds; any overlap needs the body's repo."""
+    repos = {"a": "https://x/a", "b": "https://x/b", "c": "https://x/c"}
+    own = WebhookSettings(app_secrets={"a": b"1", "b": b"2", "c": b"3"}, app_repos=repos)
+    assert not any(own.shared(app) for app in repos)
+    same = WebhookSettings(app_secrets={"a": b"1", "b": b"1", "c": b"3"}, app_repos=repos)
+    assert [same.shared(app) for app in repos] == [True, True, False]
+    one_fallback = WebhookSettings(secret=b"f", app_secrets={"a": b"1", "b": b"2"}, app_repos=repos)
+    assert not one_fallback.shared("c")
+    fallback_reused = WebhookSettings(
+        secret=b"1", app_secrets={"a": b"1", "b": b"2"}, app_repos=repos
+    )
+    assert fallback_reused.shared("c")
+    assert fallback_reused.shared("a")
+    two_fallback = WebhookSettings(secret=b"f", app_secrets={"a": b"1"}, app_repos=repos)
+    assert two_fallback.shared("b")
+    assert two_fallback.shared("c")
