@@ -37,6 +37,19 @@ def _parser() -> argparse.ArgumentParser:
         g.add_argument("--path", default=".", help="directory inside the repo (default: .)")
         g.add_argument("--namespace", default="default", help="default namespace for objects")
         g.add_argument("--no-prune", action="store_true", help="never delete objects")
+        g.add_argument(
+            "--allow-insecure",
+            action="store_true",
+            help="allow http:// and git:// for --repo (unencrypted; refused by default); "
+            "with --config, set allowInsecure on the app",
+        )
+        g.add_argument(
+            "--verify-keys",
+            metavar="DIR|FILE",
+            help="refuse commits not signed by these keys: an armored OpenPGP key file, an "
+            "ssh allowed_signers file, or a directory of *.asc and allowed_signers "
+            "(overrides the config's verify)",
+        )
         a = sp.add_argument_group("Git credentials")
         a.add_argument("--username", help="HTTPS user name")
         a.add_argument("--password-file", help="file holding an HTTPS password")
@@ -125,6 +138,9 @@ def _apps(args: argparse.Namespace) -> tuple[list[Any], str, str]:
         if not apps:
             msg = f"{args.config}: no app named {args.app!r}"
             raise ConfigError(msg)
+        if args.verify_keys:
+            keys = config.VerifyConfig(keys=args.verify_keys)
+            apps = [a.model_copy(update={"verify": keys}) for a in apps]
         return apps, cfg.state_namespace, cfg.cache_dir
     if not args.repo:
         msg = "give --config FILE or --repo URL (see gitsync COMMAND --help)"
@@ -138,6 +154,8 @@ def _apps(args: argparse.Namespace) -> tuple[list[Any], str, str]:
                 "path": args.path,
                 "namespace": args.namespace,
                 "prune": not args.no_prune,
+                "allowInsecure": args.allow_insecure,
+                **({"verify": {"keys": args.verify_keys}} if args.verify_keys else {}),
             }
         ]
     }

@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -25,6 +26,7 @@ from gitsync.helm import HelmSettings
 from gitsync.yamlread import ReadError, ReadLimits, read_first
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
+PLAINTEXT_SCHEMES = frozenset({"http", "git"})
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$")
 
 
@@ -60,6 +62,41 @@ class AuthConfig(_Model):
     ``identity`` (ssh private key) and ``known_hosts``."""
 
     secret_ref: str = Field(alias="secretRef")
+
+
+class VerifyConfig(_Model):
+    """Trusted signers of the synced commit (or annotated tag): a Secret with ``pgp.asc``
+    (armored OpenPGP public keys) and/or ``allowed_signers`` (ssh-keygen's format); the
+    CLI may give a local file or directory instead (``keys``)."""
+
+    secret_ref: str | None = Field(default=None, alias="secretRef")
+    keys: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VerifyConfig:
+        if (self.secret_ref is None) == (self.keys is None):
+            msg = "give exactly one of secretRef or keys"
+            raise ValueError(msg)
+        return self
+
+
+class SecretKeyRef(_Model):
+    """One key of a Secret in the controller's namespace (``stateNamespace``)."""
+
+    name: str
+    key: str = "secret"
+
+
+class AppWebhookConfig(_Model):
+    """This app's own webhook HMAC secret (``secretRef: NAME`` or ``{name, key}``);
+    it replaces ``controller.webhook``'s secret for ``POST /hooks/<app>``."""
+
+    secret_ref: SecretKeyRef = Field(alias="secretRef")
+
+    @field_validator("secret_ref", mode="before")
+    @classmethod
+    def _name_only(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
 
 
 class PruneConfig(_Model):
@@ -111,6 +148,9 @@ class HelmConfig(_Model):
 
 class AppConfig(_Model):
     name: str
+    # Before ``repo``, whose validator reads it: http:// and git:// let anyone on the
+    # network path choose what is applied.
+    allow_insecure: bool = Field(default=False, alias="allowInsecure")
     repo: str
     ref: str = Field(default="main", alias="branch")
     path: str = "."
@@ -138,6 +178,9 @@ class AppConfig(_Model):
             values_files=self.helm.values_files,
         )
 
+    verify: VerifyConfig | None = None
+    webhook: AppWebhookConfig | None = None
+
     @field_validator("name")
     @classmethod
     def _name(cls, v: str) -> str:
@@ -159,12 +202,18 @@ class AppConfig(_Model):
             raise ValueError(msg)
         return v
 
-
-class SecretKeyRef(_Model):
-    """One key of a Secret in the controller's namespace (``stateNamespace``)."""
-
-    name: str
-    key: str = "secret"
+    @field_validator("repo")
+    @classmethod
+    def _plaintext(cls, v: str, info: ValidationInfo) -> str:
+        scheme = v.split("://", 1)[0].lower() if "://" in v else ""
+        if scheme in PLAINTEXT_SCHEMES and not info.data.get("allow_insecure"):
+            msg = (
+                f"{scheme}:// is unencrypted and unauthenticated, so anyone on the "
+                "network path chooses what is applied; use https:// or ssh://, or set "
+                "allowInsecure: true on this app (--allow-insecure on the command line)"
+            )
+            raise ValueError(msg)
+        return v
 
 
 class WebhookConfig(_Model):

@@ -26,7 +26,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -106,6 +106,46 @@ def load_webhook_secret(cfg: GitSyncConfig, kube: Kube) -> bytes | None:
     return value
 
 
+def load_app_webhook_secrets(cfg: GitSyncConfig, kube: Kube) -> dict[str, bytes]:
+    """Each ``apps[].webhook.secretRef``, read once at start; one error lists every problem."""
+    secrets: dict[str, bytes] = {}
+    problems = []
+    for i, app in enumerate(cfg.apps):
+        if app.webhook is None:
+            continue
+        ref = app.webhook.secret_ref
+        where = f"apps[{i}].webhook.secretRef"
+        try:
+            value = read_secret(kube, namespace=cfg.state_namespace, name=ref.name).get(ref.key)
+        except GitSyncError as e:
+            problems.append(f"{where}: {e}")
+            continue
+        if not (value or b"").strip():
+            problems.append(
+                f"{where}: Secret {cfg.state_namespace}/{ref.name} has no key {ref.key!r}"
+            )
+            continue
+        secrets[app.name] = (value or b"").strip()
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return secrets
+
+
+def webhook_settings(
+    cfg: GitSyncConfig, secret: bytes | None, app_secrets: Mapping[str, bytes]
+) -> WebhookSettings | None:
+    """Webhooks are on when ``controller.webhook`` or any app's ``webhook`` is configured."""
+    hook = cfg.controller.webhook
+    if secret is None and not app_secrets:
+        return None
+    return WebhookSettings(
+        secret=secret,
+        max_body_bytes=hook.max_body_bytes if hook is not None else 1_048_576,
+        app_secrets=dict(app_secrets),
+        app_repos={app.name: app.repo for app in cfg.apps},
+    )
+
+
 def check_references(cfg: GitSyncConfig, credentials: CredentialStore) -> None:
     """Every auth Secret exists and is usable, before anything runs: one error lists all."""
     problems = []
@@ -142,6 +182,7 @@ class Controller:
         kube: Kube,
         credentials: CredentialStore,
         webhook_secret: bytes | None,
+        app_webhook_secrets: Mapping[str, bytes] | None = None,
         identity: str | None = None,
         lease_kube: Kube | None = None,
     ) -> None:
@@ -194,11 +235,7 @@ class Controller:
         # Renewals go on while SIGTERM waits for running syncs: they still write.
         self._elector_stop = threading.Event()
         self._leading = threading.Event()
-        webhook = (
-            WebhookSettings(secret=webhook_secret, max_body_bytes=ctl.webhook.max_body_bytes)
-            if webhook_secret is not None and ctl.webhook is not None
-            else None
-        )
+        webhook = webhook_settings(cfg, webhook_secret, app_webhook_secrets or {})
         self.server = Server(
             listen=ctl.listen,
             controller=self,
@@ -561,7 +598,13 @@ def main(*, config_path: str, kubeconfig: str | None = None, context: str | None
     try:
         check_references(cfg, credentials)
         secret = load_webhook_secret(cfg, kube)
-        controller = Controller(cfg, kube=kube, credentials=credentials, webhook_secret=secret)
+        controller = Controller(
+            cfg,
+            kube=kube,
+            credentials=credentials,
+            webhook_secret=secret,
+            app_webhook_secrets=load_app_webhook_secrets(cfg, kube),
+        )
         controller.install_signal_handlers()
         return controller.run()
     finally:

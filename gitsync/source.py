@@ -41,8 +41,9 @@ from urllib.parse import urlsplit
 
 import git
 
-from gitsync import gitcache
+from gitsync import gitcache, verify
 from gitsync.errors import SourceError
+from gitsync.log import get as get_logger
 from gitsync.log import mask_url
 from gitsync.model import Revision
 
@@ -57,6 +58,8 @@ __all__ = [
 ]
 
 ALLOWED_SCHEMES = frozenset({"https", "http", "ssh", "git", "file"})
+PLAINTEXT_SCHEMES = frozenset({"http", "git"})
+"""Refused unless the app allows it: anyone on the network path could choose the commit."""
 _GIT_ALLOW_PROTOCOL = "https:http:ssh:git:file"
 DEFAULT_TOKEN_USERNAME = "x-access-token"  # noqa: S105 (a username, not a secret)
 """Username sent with a bare token; GitHub wants it, GitLab and Gitea accept any."""
@@ -154,16 +157,19 @@ class SourceSpec:
 
     ``ref`` is a branch, a tag, ``HEAD`` (the server's default branch), or a full
     or abbreviated (7+ hex digits) commit sha. Validated on construction, so a spec
-    that exists can be handed to git.
+    that exists can be handed to git. ``http://`` and ``git://`` need ``allow_insecure``.
     """
 
     url: str
     ref: str = "HEAD"
     path: str = "."
     auth: GitAuth = field(default_factory=GitAuth)
+    allow_insecure: bool = False
 
     def __post_init__(self) -> None:
         validate_url(self.url)
+        if not self.allow_insecure:
+            check_encrypted(self.url)
         validate_ref(self.ref)
         validate_path(self.path)
         if self.auth.secret:
@@ -248,6 +254,19 @@ def _validate_scheme_url(url: str, scheme: str, shown: str) -> None:
         raise SourceError(msg)
 
 
+def check_encrypted(url: str) -> None:
+    """Refuse ``http://`` and ``git://``: unencrypted, so the network path picks the commit."""
+    scheme_match = _SCHEME.match(url)
+    scheme = scheme_match.group(1).lower() if scheme_match else "ssh"
+    if scheme in PLAINTEXT_SCHEMES:
+        msg = (
+            f"repository URL {mask_url(url)!r} uses {scheme}://, which is neither encrypted nor "
+            "authenticated: anyone on the network path could choose what is applied. Use "
+            "https:// or ssh://, or set allowInsecure: true on the app (--allow-insecure)"
+        )
+        raise SourceError(msg)
+
+
 def _check_secret_transport(url: str) -> None:
     """Basic credentials go over TLS, or plain http to this machine only."""
     scheme_match = _SCHEME.match(url)
@@ -323,7 +342,16 @@ class _Runner:
         return f"{what} from {self.where} timed out after {self.timeout:g}s"
 
     def run(self, args: Sequence[str], *, what: str, cwd: Path) -> str:
-        """Run ``git args`` in ``cwd``; stdout on success, ``SourceError`` otherwise.
+        """Run ``git args`` in ``cwd``; stdout on success, ``SourceError`` otherwise."""
+        status, out, stderr = self.execute(args, what=what, cwd=cwd)
+        if status != 0:
+            command = ["git", *args]
+            cause = git.GitCommandError([mask_url(a) for a in command], status, stderr)
+            raise _GitFailed(self._failed(what, stderr, status), stderr=stderr) from cause
+        return out
+
+    def execute(self, args: Sequence[str], *, what: str, cwd: Path) -> tuple[int, str, str]:
+        """Run ``git args`` in ``cwd``: exit status, stdout and (masked) stderr.
 
         git runs in its own process group, killed whole on the deadline: a fetch
         has children (git-remote-http, ssh) that would otherwise keep running.
@@ -350,10 +378,7 @@ class _Runner:
                 proc.communicate(timeout=5)
             raise SourceError(self._timed_out(what)) from e
         stderr = self.mask(err.decode(errors="replace"))
-        if proc.returncode != 0:
-            cause = git.GitCommandError([mask_url(a) for a in command], proc.returncode, stderr)
-            raise _GitFailed(self._failed(what, stderr, proc.returncode), stderr=stderr) from cause
-        return str(out.decode(errors="replace"))
+        return int(proc.returncode), str(out.decode(errors="replace")), stderr
 
     def _failed(self, what: str, stderr: str, status: int) -> str:
         lines = [ln.strip() for ln in stderr.splitlines()]
@@ -461,7 +486,13 @@ def _environment(
 
 
 @contextlib.contextmanager
-def checkout(spec: SourceSpec, *, cache_dir: Path, timeout: float) -> Iterator[Revision]:
+def checkout(
+    spec: SourceSpec,
+    *,
+    cache_dir: Path,
+    timeout: float,
+    trust: verify.TrustedKeys | None = None,
+) -> Iterator[Revision]:
     """Fetch ``spec.ref`` of ``spec.url`` and yield its commit, checked out and pinned.
 
     The tree under ``Revision.path`` is exactly that commit and stays unchanged and on
@@ -469,7 +500,9 @@ def checkout(spec: SourceSpec, *, cache_dir: Path, timeout: float) -> Iterator[R
     Shallow (depth 1) for branches, tags and full shas; an abbreviated sha, or a full sha
     the server will not serve by name, costs one full fetch (later ones find it in the
     cache). Force-pushes are followed. Raises ``SourceError`` for every failure, within
-    ``timeout`` seconds.
+    ``timeout`` seconds. With ``trust``, the commit (or the annotated tag ``spec.ref``
+    names) must be signed by one of those keys, checked before anything is checked out
+    (``verify.UntrustedError`` otherwise).
     """
     cache_dir = cache_dir.resolve()
     store = gitcache.Store.of(cache_dir, spec.url)
@@ -498,12 +531,66 @@ def checkout(spec: SourceSpec, *, cache_dir: Path, timeout: float) -> Iterator[R
                 )
             previous = _local_commit(runner, store.repo, spec.ref)
             sha = _fetch_commit(spec, runner, store.repo)
+            if trust is not None:
+                _verify(runner, store.repo, spec, sha, trust)
             tree = _export(runner, store, sha)
             pins.enter_context(gitcache.pin(store, sha))
             if previous and previous != sha:
                 _drop_if_unused(runner, store, previous)
             revision = _describe(store.repo, sha, ref=spec.ref, path=_app_dir(tree, spec.path))
         yield revision
+
+
+def _verify(
+    runner: _Runner, repo_dir: Path, spec: SourceSpec, sha: str, trust: verify.TrustedKeys
+) -> verify.Signer:
+    """git's own signature check of the synced commit, or of the annotated tag named."""
+    local = gitcache.ref_name(spec.ref)
+    git_dir = ["--git-dir", str(repo_dir)]
+    what = f"verifying the signature of {sha[:12]}"
+    kind = runner.run([*git_dir, "cat-file", "-t", local], what=what, cwd=repo_dir).strip()
+    obj = sha
+    if kind == "tag":
+        obj = _rev_parse(runner, repo_dir, local, what=what)
+    else:
+        kind = "commit"
+    raw = runner.run([*git_dir, "cat-file", kind, obj], what=what, cwd=repo_dir)
+    with verify.keyring(trust, timeout=runner.remaining(what)) as (extra, signers):
+        env = _with_config(
+            {**runner.env, **extra},
+            {"gpg.ssh.allowedSignersFile": str(signers), "gpg.program": "gpg"},
+        )
+        checking = dataclasses.replace(runner, env=env)
+        status, _, output = checking.execute(
+            [*git_dir, f"verify-{kind}", "--raw", obj], what=what, cwd=repo_dir
+        )
+    ok = status == 0
+    log = get_logger(app=trust.app, repo=runner.where, ref=spec.ref)
+    try:
+        signer = verify.judge(kind=kind, sha=obj, ok=ok, output=output, raw=raw, keys=trust)
+    except verify.UntrustedError as e:
+        log.error(
+            "source.untrusted",
+            commit=sha,
+            object=kind,
+            signer=e.signer or None,
+            reason=e.reason,
+        )
+        raise
+    log.info("source.verified", commit=sha, object=kind, signer=signer.identity, by=signer.kind)
+    return signer
+
+
+def _with_config(env: Mapping[str, str], config: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with more ``GIT_CONFIG_KEY_n``/``VALUE_n`` pairs appended."""
+    out = dict(env)
+    count = int(out.get("GIT_CONFIG_COUNT", "0"))
+    for key, value in config.items():
+        out[f"GIT_CONFIG_KEY_{count}"] = key
+        out[f"GIT_CONFIG_VALUE_{count}"] = value
+        count += 1
+    out["GIT_CONFIG_COUNT"] = str(count)
+    return out
 
 
 def fetch(spec: SourceSpec, *, cache_dir: Path, timeout: float) -> Revision:

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gitsync import events, inventory, log
+from gitsync import events, inventory, log, verify
 from gitsync.apply import AppliedSet, Failure, Progress, apply_plan
 from gitsync.config import AppConfig
 from gitsync.errors import GitSyncError
@@ -84,7 +84,13 @@ class Context:
 
 
 def source_spec(app: AppConfig, auth: GitAuth | None) -> SourceSpec:
-    return SourceSpec(url=app.repo, ref=app.ref, path=app.path, auth=auth or GitAuth())
+    return SourceSpec(
+        url=app.repo,
+        ref=app.ref,
+        path=app.path,
+        auth=auth or GitAuth(),
+        allow_insecure=app.allow_insecure,
+    )
 
 
 def _repo_root(revision: Revision, app_path: str) -> Path:
@@ -98,7 +104,14 @@ def _repo_root(revision: Revision, app_path: str) -> Path:
 def prepare_render(app: AppConfig, ctx: Context) -> tuple[Revision, ManifestSet]:
     """Fetch and render: reads the repo and discovery only, from the commit's pinned tree."""
     spec = source_spec(app, ctx.auth)
-    with checkout(spec, cache_dir=ctx.cache_dir, timeout=ctx.fetch_timeout) as revision:
+    trust = (
+        verify.load(app.verify, app=app.name, kube=ctx.kube, namespace=ctx.state_namespace)
+        if app.verify
+        else None
+    )
+    with checkout(
+        spec, cache_dir=ctx.cache_dir, timeout=ctx.fetch_timeout, trust=trust
+    ) as revision:
         manifests = render(
             Path(revision.path),
             repo_root=_repo_root(revision, app.path),

@@ -60,7 +60,7 @@ def _committed(repo: BareRepo, sha: str) -> dict[str, str]:
 
 
 def _spec(url: str, ref: str = "main") -> SourceSpec:
-    return SourceSpec(url=url, ref=ref, path="deploy", auth=GitAuth())
+    return SourceSpec(url=url, ref=ref, path="deploy", auth=GitAuth(), allow_insecure=True)
 
 
 def _store(cache: Path, url: str) -> gitcache.Store:
