@@ -61,7 +61,11 @@ def _parser() -> argparse.ArgumentParser:
         "--force", action="store_true", help="apply the commit even if it is quarantined"
     )
     app_args(s)
-    st = sub.add_parser("status", help="show the app's recorded revision and inventory")
+    st = sub.add_parser("status", help="show the app's recorded revision, health and drift")
+    st.add_argument(
+        "--watch", action="store_true", help="redraw every 2 s as things change (Ctrl-C quits)"
+    )
+    st.add_argument("--json", action="store_true", help="print what /api/apps serves, as JSON")
     app_args(st)
     li = sub.add_parser(
         "lint", help="validate a local manifest directory offline; no cluster, no Git"
@@ -283,35 +287,64 @@ def _progress_bar() -> Any:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from gitsync import inventory
+    from gitsync import inventory, overview
+    from gitsync.drift import scan
 
     apps, state_ns, cache = _apps(args)
     ctx = _context(args, state_ns, cache)
-    for app in apps:
-        st = inventory.read_state(ctx.kube, app=app.name, namespace=ctx.state_namespace)
-        print(f"app:              {app.name}")
-        print(f"revision:         {st.revision or '(never synced)'}")
-        print(f"healthy revision: {st.healthy_revision or '(none)'}")
-        print(f"quarantined:      {', '.join(st.quarantined) or '(none)'}")
-        if st.degraded:
-            print(f"health:           Degraded: {st.degraded}")
-        print(f"inventory:        {len(st.inventory)} object(s)")
-        if st.history:
-            last = st.history[-1]
-            reason = f" ({last.reason})" if last.reason else ""
-            print(f"last sync:        {last.result} {last.sha[:12]} at {last.time}{reason}")
-        _print_drift(ctx, app)
+    commits = overview.CommitLookup(ctx.cache_dir)
+
+    def collect() -> list[Any]:
+        out = []
+        for app in apps:
+            st = inventory.read_state(ctx.kube, app=app.name, namespace=ctx.state_namespace)
+            # Current drift from one LIST per managed kind (the controller reports it live).
+            drift = scan(ctx.kube, app, state_namespace=ctx.state_namespace)
+            out.append(overview.build(app, st, drift=drift, commits=commits.for_repo(app.repo)))
+        return out
+
+    if args.watch:
+        return _watch(lambda: _status_text(collect(), as_json=args.json))
+    print(_status_text(collect(), as_json=args.json), end="")
     return EXIT_OK
 
 
-def _print_drift(ctx: Any, app: Any) -> None:
-    """Current drift from one LIST per managed kind (the controller reports it live)."""
-    from gitsync.drift import scan
+def _status_text(apps: list[Any], *, as_json: bool) -> str:
+    from gitsync import ui
 
-    drift = scan(ctx.kube, app, state_namespace=ctx.state_namespace)
-    print(f"drift:            {len(drift)} field(s) on {len(drift.objects)} object(s)")
-    for report in drift:
-        print(f"  {report.ref}: {report.summary()}")
+    if as_json:
+        return json.dumps({"apps": [a.to_json() for a in apps]}, sort_keys=True, indent=1) + "\n"
+    return ui.render_text(apps)
+
+
+WATCH_INTERVAL = 2.0
+_CLEAR = "\x1b[H\x1b[2J"
+
+
+def _watch(frame: Any, *, interval: float = WATCH_INTERVAL) -> int:
+    """Poll every ``interval`` s, redraw the whole screen when the text changes; Ctrl-C: 0."""
+    import time
+    from datetime import UTC, datetime
+
+    from gitsync.errors import GitSyncError
+
+    shown = None
+    try:
+        while True:
+            try:
+                text = frame()
+            except GitSyncError as e:  # the API away for a moment: say so, keep polling
+                text = f"error: {e}\n"
+            if text != shown:
+                now = datetime.now(UTC).strftime("%H:%M:%S UTC")
+                head = f"gitsync status --watch · every {interval:g}s · at {now} · Ctrl-C quits"
+                sys.stdout.write(f"{_CLEAR}{head}\n\n{text}")
+                sys.stdout.flush()
+                shown = text
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        return EXIT_OK
 
 
 def _lint(args: argparse.Namespace) -> int:

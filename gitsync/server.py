@@ -3,6 +3,8 @@
     GET  /healthz        200 while the process and its election loop live
     GET  /readyz         200 when leading or a healthy standby; 503 when a sync is stuck
     GET  /metrics        Prometheus text format (prometheus-client's default registry)
+    GET  /               the read-only status page (``gitsync.ui``), unless ``controller.ui: false``
+    GET  /api/apps[/<app>]  the same data as JSON
     POST /hooks/<app>    202 after a valid ``X-Hub-Signature-256: sha256=<hex>`` (GitHub,
                          Gitea, Forgejo) HMAC-SHA256 of the raw body; sync starts at once
 
@@ -48,6 +50,14 @@ def verify_signature(secret: bytes, body: bytes, header: str) -> bool:
     return hmac.compare_digest(given.encode("ascii", "replace"), expected.encode("ascii"))
 
 
+class Pages(Protocol):
+    """Read-only pages served besides the probes (``gitsync.ui.Pages``)."""
+
+    def get(self, path: str) -> Any:
+        """A response (``status``, ``body``, ``content_type``, ``headers``) or None."""
+        ...
+
+
 class Trigger(Protocol):
     """What the server asks of the controller; the controller implements it."""
 
@@ -84,10 +94,12 @@ class Server:
         controller: Trigger,
         webhook: WebhookSettings | None,
         logger: Any,
+        pages: Pages | None = None,
     ) -> None:
         self._listen = listen
         self.controller = controller
         self.webhook = webhook
+        self.pages = pages
         self.log = logger
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -183,6 +195,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, generate_latest(), content_type=CONTENT_TYPE_LATEST)
         elif self._hook_app() is not None and app.webhook is not None:
             self._error(HTTPStatus.METHOD_NOT_ALLOWED, Allow="POST")
+        elif app.pages is not None and (page := app.pages.get(path)) is not None:
+            self._send(page.status, page.body, content_type=page.content_type, headers=page.headers)
         else:
             self._error(HTTPStatus.NOT_FOUND)
 
