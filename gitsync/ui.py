@@ -274,8 +274,9 @@ def _app_section(a: AppOverview, now: datetime) -> str:
     where = f"{escape(a.repo)} · ref {escape(a.ref)} · path {escape(a.path)}"
     lines = [
         f'<section id="app-{name}" class="app">',
-        f"<h2>{name} {_health(a)}</h2>",
+        f"<h2>{name}</h2>",
         f'<div class="meta">{where} · {a.inventory} object(s)</div>',
+        f"<div>Health: {_health(a)}</div>",
     ]
     if a.error:
         lines.append(f'<p class="bad">state unreadable: {escape(a.error)}</p>')
