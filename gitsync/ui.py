@@ -29,6 +29,7 @@ from gitsync.overview import (
 )
 
 REFRESH_SECONDS: Final = 5
+DRIFT_ROWS: Final = 200  # per app on the page (the JSON has all): a mass edit stays readable
 HEADERS: Final = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": (
@@ -288,7 +289,7 @@ def _app_section(a: AppOverview, now: datetime) -> str:
         lines.append(f'<div class="reason">Last error: {escape(a.runner.last_error)}</div>')
     lines += [
         "<h3>Drift</h3>",
-        _drift_table(a.drift),
+        _drift_table(a.name, a.drift),
         f"<h3>Timeline (last {len(a.timeline)} syncs, newest first)</h3>",
         _timeline(a),
         "</section>",
@@ -296,7 +297,7 @@ def _app_section(a: AppOverview, now: datetime) -> str:
     return "\n".join(lines)
 
 
-def _drift_table(rows: tuple[DriftRow, ...] | None) -> str:
+def _drift_table(name: str, rows: tuple[DriftRow, ...] | None) -> str:
     if rows is None:
         return '<p class="empty">Drift is watched by the leader only.</p>'
     if not rows:
@@ -311,9 +312,15 @@ def _drift_table(rows: tuple[DriftRow, ...] | None) -> str:
         f"<td>{escape(r.manager)}"
         + (f' <span class="reason">({escape(r.operation)})</span>' if r.operation else "")
         + f"</td><td>{escape(_clock_text(r.time or r.seen))}</td></tr>"
-        for r in rows
+        for r in rows[:DRIFT_ROWS]
     )
-    return f'<table class="drift"><thead>{head}</thead><tbody>{body}</tbody></table>'
+    more = ""
+    if len(rows) > DRIFT_ROWS:
+        more = (
+            f'<p class="reason">{len(rows) - DRIFT_ROWS} more field(s): see '
+            f'<a href="/api/apps/{escape(name)}">/api/apps/{escape(name)}</a></p>'
+        )
+    return f'<table class="drift"><thead>{head}</thead><tbody>{body}</tbody></table>{more}'
 
 
 def _timeline(a: AppOverview) -> str:

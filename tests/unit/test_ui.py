@@ -235,6 +235,16 @@ def test_drift_rows_show_git_live_manager_and_time() -> None:
     assert "2 field(s) on 2 object(s)" in text
 
 
+def test_a_mass_drift_is_cut_on_the_page_and_whole_in_the_json() -> None:
+    """Past ``DRIFT_ROWS`` fields the page says how many more and links the JSON."""
+    drift = [drift_report("ConfigMap", f"data.k{i}", "a", "b") for i in range(ui.DRIFT_ROWS + 7)]
+    view = build(APP, healthy_state(), drift=drift)
+    html = page(view)
+    assert html.count('<tr class="drift">') == ui.DRIFT_ROWS
+    assert "7 more field(s)" in Tags(html).all_text()
+    assert len(view.to_json()["drift"]) == ui.DRIFT_ROWS + 7
+
+
 def test_secret_values_never_reach_the_page_or_the_json() -> None:
     """A Secret's data in drift is *** even if a report carried it; URLs lose user info."""
     drift = [drift_report("Secret", "data.password", "aHVudGVyMg==", "c3dvcmRmaXNo")]
