@@ -286,6 +286,10 @@ def test_page_shows_apps_drift_and_rollback_escaped_in_a_real_browser(
     assert served["last_sync"]["result"] == "rolled-back"
     assert served["health"]["status"] == "Degraded"
     assert served["commits"][bad]["subject"] == EVIL_SUBJECT
+    ctl = served["controller"]
+    assert ctl["last_result"] in ("rolled-back", "quarantined")
+    assert ctl["next_poll"] or ctl["running"]
+    assert row[4].startswith(("in ", "due", "syncing"))
     lines = dict(
         line.split(":", 1) for line in status_cli(config, kubeconfig).splitlines() if ":" in line
     )
