@@ -17,6 +17,7 @@ from html import escape
 from http import HTTPStatus
 from typing import Any, Final, Protocol
 
+from gitsync import log
 from gitsync.drift_compare import OBJECT_PATH
 from gitsync.overview import (
     DEGRADED,
@@ -87,6 +88,13 @@ class Pages:
         self.refresh = refresh
 
     def get(self, path: str) -> Response | None:
+        try:
+            return self._route(path)
+        except Exception as e:  # noqa: BLE001 - a page must never take the server down
+            log.get(component="ui").exception("ui.failed", path=path[:200], error=str(e))
+            return _json(HTTPStatus.INTERNAL_SERVER_ERROR, {"error": "status page failed"})
+
+    def _route(self, path: str) -> Response | None:
         if path in ("/", "/index.html"):
             html = render_page(
                 self.overview.all(),

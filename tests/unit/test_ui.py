@@ -355,6 +355,24 @@ def test_routes_serve_page_and_json_or_404_when_switched_off(server: tuple[Serve
     assert get(srv, "/nope")[0] == 404
 
 
+class Broken:
+    def all(self) -> list[AppOverview]:
+        raise RuntimeError("boom")
+
+    def app(self, name: str) -> AppOverview | None:
+        raise RuntimeError("boom")
+
+
+def test_a_failing_page_answers_500_not_a_dropped_connection() -> None:
+    """An unexpected error while building the page is a 500 with a JSON body."""
+    pages = ui.Pages(Broken())
+    for path in ("/", "/api/apps", "/api/apps/web"):
+        response = pages.get(path)
+        assert response is not None
+        assert response.status == 500
+        assert json.loads(response.body) == {"error": "status page failed"}
+
+
 # --- commits and the terminal --------------------------------------------------------------
 
 
