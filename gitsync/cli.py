@@ -20,6 +20,43 @@ from gitsync import __version__
 EXIT_OK, EXIT_DIFF, EXIT_ERROR = 0, 1, 2
 
 
+def _app_args(sp: argparse.ArgumentParser) -> None:
+    """The flags that name an app and its cluster, shared by render, diff, sync and status."""
+    g = sp.add_argument_group("app (from a config file, or from flags)")
+    g.add_argument("--config", help="config file (see README: config reference)")
+    g.add_argument("--app", help="app name; with --config, which app (default: all)")
+    g.add_argument("--repo", help="Git URL: https://, ssh://, git://, file://")
+    g.add_argument("--ref", default="main", help="branch, tag or commit (default: main)")
+    g.add_argument("--path", default=".", help="directory inside the repo (default: .)")
+    g.add_argument("--namespace", default="default", help="default namespace for objects")
+    g.add_argument("--no-prune", action="store_true", help="never delete objects")
+    g.add_argument(
+        "--allow-insecure",
+        action="store_true",
+        help="allow http:// and git:// for --repo (unencrypted; refused by default); "
+        "with --config, set allowInsecure on the app",
+    )
+    g.add_argument(
+        "--verify-keys",
+        metavar="DIR|FILE",
+        help="refuse commits not signed by these keys: an armored OpenPGP key file, an "
+        "ssh allowed_signers file, or a directory of *.asc and allowed_signers "
+        "(overrides the config's verify)",
+    )
+    a = sp.add_argument_group("Git credentials")
+    a.add_argument("--username", help="HTTPS user name")
+    a.add_argument("--password-file", help="file holding an HTTPS password")
+    a.add_argument("--token-file", help="file holding an HTTPS token")
+    a.add_argument("--ssh-key", help="SSH private key file")
+    a.add_argument("--known-hosts", help="known_hosts file for SSH host key checks")
+    k = sp.add_argument_group("cluster")
+    k.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, in-cluster)")
+    k.add_argument("--context", help="kubeconfig context")
+    k.add_argument("--state-namespace", help="where app state Secrets live")
+    k.add_argument("--cache-dir", help="Git checkout cache (default: ~/.cache/gitsync/git)")
+    sp.add_argument("--log-format", choices=["json", "console"], help="log format")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gitsync",
@@ -28,54 +65,23 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"gitsync {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def app_args(sp: argparse.ArgumentParser) -> None:
-        g = sp.add_argument_group("app (from a config file, or from flags)")
-        g.add_argument("--config", help="config file (see README: config reference)")
-        g.add_argument("--app", help="app name; with --config, which app (default: all)")
-        g.add_argument("--repo", help="Git URL: https://, ssh://, git://, file://")
-        g.add_argument("--ref", default="main", help="branch, tag or commit (default: main)")
-        g.add_argument("--path", default=".", help="directory inside the repo (default: .)")
-        g.add_argument("--namespace", default="default", help="default namespace for objects")
-        g.add_argument("--no-prune", action="store_true", help="never delete objects")
-        g.add_argument(
-            "--allow-insecure",
-            action="store_true",
-            help="allow http:// and git:// for --repo (unencrypted; refused by default); "
-            "with --config, set allowInsecure on the app",
-        )
-        g.add_argument(
-            "--verify-keys",
-            metavar="DIR|FILE",
-            help="refuse commits not signed by these keys: an armored OpenPGP key file, an "
-            "ssh allowed_signers file, or a directory of *.asc and allowed_signers "
-            "(overrides the config's verify)",
-        )
-        a = sp.add_argument_group("Git credentials")
-        a.add_argument("--username", help="HTTPS user name")
-        a.add_argument("--password-file", help="file holding an HTTPS password")
-        a.add_argument("--token-file", help="file holding an HTTPS token")
-        a.add_argument("--ssh-key", help="SSH private key file")
-        a.add_argument("--known-hosts", help="known_hosts file for SSH host key checks")
-        k = sp.add_argument_group("cluster")
-        k.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, in-cluster)")
-        k.add_argument("--context", help="kubeconfig context")
-        k.add_argument("--state-namespace", help="where app state Secrets live")
-        k.add_argument("--cache-dir", help="Git checkout cache (default: ~/.cache/gitsync/git)")
-        sp.add_argument("--log-format", choices=["json", "console"], help="log format")
-
     r = sub.add_parser("render", help="print the rendered manifests (YAML)")
     r.add_argument("--show-secrets", action="store_true", help="print Secret values instead of ***")
-    app_args(r)
+    _app_args(r)
     d = sub.add_parser("diff", help="show what a sync would change; exit 1 if anything")
-    app_args(d)
+    _app_args(d)
     s = sub.add_parser("sync", help="run the pipeline once")
     s.add_argument("--once", action="store_true", help="run once and exit (the only mode)")
     s.add_argument(
         "--force", action="store_true", help="apply the commit even if it is quarantined"
     )
-    app_args(s)
-    st = sub.add_parser("status", help="show the app's recorded revision and inventory")
-    app_args(st)
+    _app_args(s)
+    st = sub.add_parser("status", help="show the app's recorded revision, health and drift")
+    st.add_argument(
+        "--watch", action="store_true", help="redraw every 2 s as things change (Ctrl-C quits)"
+    )
+    st.add_argument("--json", action="store_true", help="print what /api/apps serves, as JSON")
+    _app_args(st)
     li = sub.add_parser(
         "lint", help="validate a local manifest directory offline; no cluster, no Git"
     )
@@ -310,35 +316,64 @@ def _progress_bar() -> Any:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from gitsync import inventory
+    from gitsync import inventory, overview
+    from gitsync.drift import scan
 
     apps, state_ns, cache = _apps(args)
     ctx = _context(args, state_ns, cache)
-    for app in apps:
-        st = inventory.read_state(ctx.kube, app=app.name, namespace=ctx.state_namespace)
-        print(f"app:              {app.name}")
-        print(f"revision:         {st.revision or '(never synced)'}")
-        print(f"healthy revision: {st.healthy_revision or '(none)'}")
-        print(f"quarantined:      {', '.join(st.quarantined) or '(none)'}")
-        if st.degraded:
-            print(f"health:           Degraded: {st.degraded}")
-        print(f"inventory:        {len(st.inventory)} object(s)")
-        if st.history:
-            last = st.history[-1]
-            reason = f" ({last.reason})" if last.reason else ""
-            print(f"last sync:        {last.result} {last.sha[:12]} at {last.time}{reason}")
-        _print_drift(ctx, app)
+    commits = overview.CommitLookup(ctx.cache_dir)
+
+    def collect() -> list[Any]:
+        out = []
+        for app in apps:
+            st = inventory.read_state(ctx.kube, app=app.name, namespace=ctx.state_namespace)
+            # Current drift from one LIST per managed kind (the controller reports it live).
+            drift = scan(ctx.kube, app, state_namespace=ctx.state_namespace)
+            out.append(overview.build(app, st, drift=drift, commits=commits.for_repo(app.repo)))
+        return out
+
+    if args.watch:
+        return _watch(lambda: _status_text(collect(), as_json=args.json))
+    print(_status_text(collect(), as_json=args.json), end="")
     return EXIT_OK
 
 
-def _print_drift(ctx: Any, app: Any) -> None:
-    """Current drift from one LIST per managed kind (the controller reports it live)."""
-    from gitsync.drift import scan
+def _status_text(apps: list[Any], *, as_json: bool) -> str:
+    from gitsync import ui
 
-    drift = scan(ctx.kube, app, state_namespace=ctx.state_namespace)
-    print(f"drift:            {len(drift)} field(s) on {len(drift.objects)} object(s)")
-    for report in drift:
-        print(f"  {report.ref}: {report.summary()}")
+    if as_json:
+        return json.dumps({"apps": [a.to_json() for a in apps]}, sort_keys=True, indent=1) + "\n"
+    return ui.render_text(apps)
+
+
+WATCH_INTERVAL = 2.0
+_CLEAR = "\x1b[H\x1b[2J"
+
+
+def _watch(frame: Any, *, interval: float = WATCH_INTERVAL) -> int:
+    """Poll every ``interval`` s, redraw the whole screen when the text changes; Ctrl-C: 0."""
+    import time
+    from datetime import UTC, datetime
+
+    from gitsync.errors import GitSyncError
+
+    shown = None
+    try:
+        while True:
+            try:
+                text = frame()
+            except GitSyncError as e:  # the API away for a moment: say so, keep polling
+                text = f"error: {e}\n"
+            if text != shown:
+                now = datetime.now(UTC).strftime("%H:%M:%S UTC")
+                head = f"gitsync status --watch · every {interval:g}s · at {now} · Ctrl-C quits"
+                sys.stdout.write(f"{_CLEAR}{head}\n\n{text}")
+                sys.stdout.flush()
+                shown = text
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        return EXIT_OK
 
 
 def _lint(args: argparse.Namespace) -> int:

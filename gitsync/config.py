@@ -275,6 +275,8 @@ class ControllerConfig(_Model):
     shutdown_timeout: Duration = Field(default=45.0, alias="shutdownTimeout")
     # Rides out an API server or etcd restart; a dead API server still fails a sync.
     api_retry_timeout: Duration = Field(default=60.0, alias="apiRetryTimeout")
+    # The read-only status page at / and its JSON at /api/apps (gitsync.ui).
+    ui: bool = True
 
     @field_validator("listen")
     @classmethod

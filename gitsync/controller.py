@@ -37,10 +37,10 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from gitsync import events, gitcache, inventory, log, metrics
+from gitsync import events, gitcache, inventory, log, metrics, overview, ui
 from gitsync.config import AppConfig, GitSyncConfig
 from gitsync.credentials import CredentialStore, read_secret, secret_ref
-from gitsync.drift import DriftWatcher
+from gitsync.drift import DriftReport, DriftWatcher
 from gitsync.errors import ConfigError, GitSyncError
 from gitsync.kube import Kube
 from gitsync.leader import LeaderElector, LeaseSpec, default_identity
@@ -64,6 +64,8 @@ class _AppRunner:
     pending: bool = False
     failures: int = 0
     last_result: str = ""
+    last_finished: str = ""  # ISO time the last sync ended
+    last_error: str = ""
     last_event: tuple[str, str] = ("", "")
     drift: DriftWatcher | None = None
 
@@ -236,11 +238,23 @@ class Controller:
         self._elector_stop = threading.Event()
         self._leading = threading.Event()
         webhook = webhook_settings(cfg, webhook_secret, app_webhook_secrets or {})
+        pages = None
+        if ctl.ui:
+            self.overview = overview.Overview(
+                cfg.apps,
+                kube=kube,
+                state_namespace=cfg.state_namespace,
+                commits=overview.CommitLookup(self.ctx.cache_dir),
+                runner=self.runner_view,
+                drift=self.drift_reports,
+            )
+            pages = ui.Pages(self.overview, leader=lambda: self.is_leader)
         self.server = Server(
             listen=ctl.listen,
             controller=self,
             webhook=webhook,
             logger=log.get(component="server"),
+            pages=pages,
         )
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -424,6 +438,8 @@ class Controller:
         app = runner.app
         with runner.lock:
             runner.last_result = result.result
+            runner.last_finished = overview.iso(datetime.now(UTC))
+            runner.last_error = result.error
             if result.result not in FAILED_RESULTS:
                 runner.failures = 0
                 return
@@ -518,6 +534,31 @@ class Controller:
             return "standby"
         job.modify(next_run_time=datetime.now(UTC))
         return "started"
+
+    def runner_view(self, name: str) -> overview.RunnerView | None:
+        """What this process knows about an app's job, for the status page; None on a
+        standby (its runners never ran)."""
+        runner = self.runners.get(name)
+        if runner is None or not self.is_leader:
+            return None
+        with runner.lock:
+            since = runner.running_since
+            view = overview.RunnerView(
+                running_seconds=time.monotonic() - since if since is not None else None,
+                last_result=runner.last_result,
+                last_finished=runner.last_finished,
+                last_error=runner.last_error,
+                failures=runner.failures,
+            )
+        job = self.scheduler.get_job(name) if self.scheduler.running else None
+        next_run = getattr(job, "next_run_time", None) if job is not None else None
+        return replace(view, next_poll=overview.iso(next_run))
+
+    def drift_reports(self, name: str) -> Sequence[DriftReport] | None:
+        """The drift the app's watcher publishes now; None when no watcher runs here."""
+        runner = self.runners.get(name)
+        watcher = runner.drift if runner is not None else None
+        return watcher.current() if watcher is not None else None
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         alive = self._elector_thread is None or self._elector_thread.is_alive()

@@ -3,6 +3,8 @@
     GET  /healthz        200 while the process and its election loop live
     GET  /readyz         200 when leading or a healthy standby; 503 when a sync is stuck
     GET  /metrics        Prometheus text format (prometheus-client's default registry)
+    GET  /               the read-only status page (``gitsync.ui``), unless ``controller.ui: false``
+    GET  /api/apps[/<app>]  the same data as JSON
     POST /hooks/<app>    202 after a valid signature (``gitsync.webhooks``: the scheme,
                          per-app secrets, the replay window); sync starts at once
 
@@ -29,6 +31,14 @@ from gitsync.webhooks import Webhooks, WebhookSettings, sign, sign_for_app, veri
 __all__ = ["Server", "WebhookSettings", "sign", "sign_for_app", "verify_signature"]
 
 READ_TIMEOUT = 10.0  # seconds a client may take to send its whole request: no slowloris
+
+
+class Pages(Protocol):
+    """Read-only pages served besides the probes (``gitsync.ui.Pages``)."""
+
+    def get(self, path: str) -> Any:
+        """A response (``status``, ``body``, ``content_type``, ``headers``) or None."""
+        ...
 
 
 class Trigger(Protocol):
@@ -61,6 +71,7 @@ class Server:
         controller: Trigger,
         webhook: WebhookSettings | None,
         logger: Any,
+        pages: Pages | None = None,
     ) -> None:
         self._listen = listen
         self.controller = controller
@@ -68,6 +79,7 @@ class Server:
         self.hooks = (
             Webhooks(webhook, controller=controller, logger=logger) if webhook is not None else None
         )
+        self.pages = pages
         self.log = logger
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -161,6 +173,8 @@ class _Handler(DeadlineHandler, BaseHTTPRequestHandler):  # do_* names: http.ser
             self._send(HTTPStatus.OK, generate_latest(), content_type=CONTENT_TYPE_LATEST)
         elif self._hook_app() is not None and app.webhook is not None:
             self._error(HTTPStatus.METHOD_NOT_ALLOWED, Allow="POST")
+        elif app.pages is not None and (page := app.pages.get(path)) is not None:
+            self._send(page.status, page.body, content_type=page.content_type, headers=page.headers)
         else:
             self._error(HTTPStatus.NOT_FOUND)
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install what gitsync's tests and demo need on a fresh Debian machine: git, an sshd for
 # the SSH transport tests, and a Go toolchain to build the control plane. Idempotent.
+# `hack/install-deps.sh ui` also installs Chromium, which only the status page test needs.
 set -euo pipefail
 
 need=()
@@ -11,6 +12,9 @@ command -v ssh-keygen >/dev/null || need+=(openssh-client)
 command -v go >/dev/null || need+=(golang-go)
 command -v make >/dev/null || need+=(make)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+if [[ ${1:-} == ui ]]; then
+  command -v chromium >/dev/null || need+=(chromium)
+fi
 
 if ((${#need[@]})); then
   if [[ $(id -u) -ne 0 ]]; then SUDO=sudo; else SUDO=; fi
