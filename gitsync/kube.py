@@ -659,18 +659,30 @@ class Kube:
     ) -> tuple[list[KubeObject], str]:
         """All objects (paged), and the list's resourceVersion to start a watch from.
 
-        Cluster-wide on a namespaced kind and forbidden, with a scope (``scoped``): one
-        LIST per namespace of the scope, and no resourceVersion (there is no one)."""
-        if namespace or not res.namespaced or not self._scope:
+        An impersonating client with a scope (``scoped``) lists what its identity may
+        see: a forbidden cluster-wide LIST of a namespaced kind becomes one LIST per
+        namespace of the scope, and a forbidden LIST yields nothing (no resourceVersion
+        either), so that the plan's per-object calls say which object is refused, and
+        where it is written."""
+        if namespace or not self._scope or not self.acting_as:
             return self._list(res, namespace=namespace, label_selector=label_selector, limit=limit)
         try:
             return self._list(res, namespace="", label_selector=label_selector, limit=limit)
         except KubeError as e:
             if e.status != 403:
                 raise
+        self._count("forbidden")
         items: list[KubeObject] = []
-        for ns in sorted(self._scope):
-            items += self._list(res, namespace=ns, label_selector=label_selector, limit=limit)[0]
+        for ns in sorted(self._scope) if res.namespaced else ():
+            try:
+                page, _rv = self._list(
+                    res, namespace=ns, label_selector=label_selector, limit=limit
+                )
+                items += page
+            except KubeError as e:
+                if e.status != 403:
+                    raise
+                self._count("forbidden")
         return items, ""
 
     def _list(

@@ -30,7 +30,7 @@ from typing import Any
 from gitsync import events, inventory, limits, log
 from gitsync.apply import AppliedSet, Failure, Progress, apply_plan
 from gitsync.config import AppConfig
-from gitsync.errors import GitSyncError
+from gitsync.errors import GitSyncError, KubeError
 from gitsync.gate import ObjectHealth, Verdict, default_timeout, wait_healthy
 from gitsync.health import Health, Status
 from gitsync.inventory import AppState, InventoryEntry
@@ -681,5 +681,11 @@ def _record(
 
 def _store(ctx: Context, state: AppState) -> AppState:
     if not state.resource_version:
-        inventory.ensure_namespace(ctx.kube, ctx.state_namespace)
+        try:
+            inventory.ensure_namespace(ctx.kube, ctx.state_namespace)
+        except KubeError as e:
+            # The restricted role may not read Namespaces; its own was deployed with it
+            # (if not, the write below says so).
+            if e.status != 403:
+                raise
     return inventory.write_state(ctx.kube, state, namespace=ctx.state_namespace)
