@@ -168,3 +168,24 @@ def test_lint_reads_limits_from_config(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "01-deployment.yaml:1: Deployment.apps gitsync-demo/web: namespace 'gitsync-demo'" in out
     assert "08-namespace.yaml:1: Namespace gitsync-demo: cluster-scoped Namespace is denied" in out
+
+
+def test_rollback_acts_only_within_the_limits():
+    """The state a rollback gets holds no object outside the limits; those are reported."""
+    from gitsync.inventory import AppState, InventoryEntry
+    from gitsync.sync import _within_limits
+
+    inside, far = _ref("ConfigMap", "shop", "a"), _ref("ConfigMap", "prod", "b")
+    obj = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b", "namespace": "prod"}}
+    state = AppState(
+        app="shop",
+        inventory=(InventoryEntry(ref=inside), InventoryEntry(ref=far)),
+        pending=(InventoryEntry(ref=far),),
+        healthy_manifests=(obj,),
+    )
+    within, fenced = _within_limits(state, Limits(namespaces=("shop",)))
+    assert fenced == {far}
+    assert [e.ref for e in within.inventory] == [inside]
+    assert within.pending == ()
+    assert within.healthy_manifests == ()
+    assert _within_limits(state, Limits()) == (state, frozenset())
