@@ -445,6 +445,7 @@ class Kube:
         one LIST per namespace in ``namespaces``, as an identity that holds only Roles
         in those namespaces can do."""
         twin = copy.copy(self)
+        twin._root = self._root or self  # discovery and the write fence stay shared
         twin._scope = frozenset(namespaces)
         return twin
 

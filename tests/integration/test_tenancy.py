@@ -358,3 +358,25 @@ def test_restricted_role_syncs_two_apps_as_their_serviceaccounts_and_nothing_els
     finally:
         for app_ns in apps.values():
             kube.delete(ref("Namespace", app_ns))
+
+
+def _whoami(client: Kube) -> dict[str, Any]:
+    review = {"apiVersion": "authentication.k8s.io/v1", "kind": "SelfSubjectReview"}
+    path = "/apis/authentication.k8s.io/v1/selfsubjectreviews"
+    out: dict[str, Any] = client.request("POST", path, verb="create", body=review)
+    return dict(out["status"]["userInfo"])
+
+
+def test_api_server_sees_the_impersonated_serviceaccount(kube: Kube, namespace: str) -> None:
+    """SelfSubjectReview: the SA's name and its fixed groups, added by the API server."""
+    sa = f"system:serviceaccount:{namespace}:deployer"
+    assert _whoami(kube)["username"] != sa
+    who = _whoami(kube.impersonate(sa))
+    assert who["username"] == sa
+    assert set(who["groups"]) == {
+        "system:serviceaccounts",
+        f"system:serviceaccounts:{namespace}",
+        "system:authenticated",
+    }
+    explicit = _whoami(kube.impersonate(sa, ["system:serviceaccounts", "team-a"]))
+    assert set(explicit["groups"]) == {"system:serviceaccounts", "team-a", "system:authenticated"}
