@@ -15,10 +15,11 @@ import yaml
 
 from gitsync import inventory
 from gitsync.cli import main
+from gitsync.errors import KubeError
 from gitsync.kube import Kube
 from gitsync.model import KubeObject
 from tests.support.app_fixtures import App, ref
-from tests.support.cluster_fixtures import Kubectl
+from tests.support.cluster_fixtures import Kubectl, wait_until
 from tests.support.controller_process import ControllerProcess, lease_config
 from tests.support.manifests import deployment
 from tests.support.repos import BareRepo
@@ -86,6 +87,21 @@ def grant(kube: Kube, ns: str, sa: str, rules: list[dict[str, Any]] = APP_RULES)
     ]
     for obj in objs:
         kube.apply(obj, manager="test")
+    # The authorizer sees a new RoleBinding through its informer, a moment later.
+    as_sa = kube.impersonate(f"system:serviceaccount:{ns}:{sa}")
+    res = kube.discover().resource("", "v1", "ConfigMap")
+    assert res is not None
+
+    def granted() -> bool:
+        try:
+            as_sa.list_objects(res, namespace=ns, limit=1)
+        except KubeError as e:
+            if e.status != 403:
+                raise
+            return False
+        return True
+
+    wait_until(granted, timeout=30, what=f"RoleBinding of {sa} in effect")
 
 
 def test_app_runs_as_its_serviceaccount(app: App, kube: Kube) -> None:
