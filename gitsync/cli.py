@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,7 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="a Helm values file for a chart directory, relative to it (repeatable)",
     )
+    _limit_args(li)
     li.add_argument("--log-format", choices=["json", "console"], help="log format")
     rn = sub.add_parser("run", help="run the controller: sync every app on its interval")
     rn.add_argument("--config", required=True, help="config file (see docs/deploy.md)")
@@ -105,6 +107,21 @@ def _parser() -> argparse.ArgumentParser:
     rn.add_argument("--context", help="kubeconfig context")
     rn.add_argument("--log-format", choices=["json", "console"], help="log format")
     return p
+
+
+def _limit_args(li: argparse.ArgumentParser) -> None:
+    lim = li.add_argument_group("limits (also read from --config; see apps[].allowedNamespaces)")
+    lim.add_argument("--config", help="config file: check against an app's limits")
+    lim.add_argument("--app", help="with --config, which app (default: the only one)")
+    lim.add_argument(
+        "--allowed-namespace",
+        action="append",
+        metavar="GLOB",
+        help="a namespace (name or glob) objects may be in; repeat for more",
+    )
+    lim.add_argument(
+        "--cluster-scoped", metavar="deny|KIND,...", help="cluster-scoped kinds allowed"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -377,11 +394,13 @@ def _watch(frame: Any, *, interval: float = WATCH_INTERVAL) -> int:
 
 
 def _lint(args: argparse.Namespace) -> int:
-    """Render with the built-in kind table: the checks a sync would make before any call.
+    """Render with the built-in kind table: the checks a sync would make before any call,
+    the app's limits (namespaces, cluster-scoped kinds) included.
 
     Kinds the table does not know (custom resources of CRDs not in the set) are reported
     as unknown, as they would be by a cluster that lacks their CRD.
     """
+    from gitsync.limits import violations
     from gitsync.render import HelmSettings, StaticKinds, render
 
     directory = Path(args.directory).resolve()
@@ -396,8 +415,41 @@ def _lint(args: argparse.Namespace) -> int:
     )
     for warning in manifests.warnings:
         print(f"warning: {warning}")
-    print(f"{len(manifests)} object(s) OK, {len(manifests.warnings)} warning(s)")
+    refused = violations(manifests, _lint_limits(args))
+    for problem in refused:
+        print(f"error: {problem}")
+    print(f"{len(manifests) - len(refused)} object(s) OK, {len(manifests.warnings)} warning(s)")
+    if refused:
+        print(f"{len(refused)} object(s) outside the app's limits: a sync would refuse them")
+        return EXIT_DIFF
     return EXIT_DIFF if args.strict and manifests.warnings else EXIT_OK
+
+
+def _lint_limits(args: argparse.Namespace) -> Any:
+    """The app's limits from --config, narrowed by the flags. The scope of each kind is
+    known offline (built-in table, CRDs in the set), so lint checks what a sync would."""
+    from gitsync import config
+    from gitsync.errors import ConfigError
+    from gitsync.limits import Limits
+
+    limits = Limits()
+    if args.config:
+        cfg = config.load(args.config)
+        apps = [a for a in cfg.apps if not args.app or a.name == args.app]
+        if len(apps) != 1:
+            msg = f"{args.config}: name one app with --app (have {[a.name for a in cfg.apps]})"
+            raise ConfigError(msg)
+        limits = apps[0].limits
+    if args.allowed_namespace:
+        limits = replace(limits, namespaces=tuple(args.allowed_namespace))
+    if args.cluster_scoped:
+        kinds = args.cluster_scoped.strip()
+        if kinds == "deny":
+            limits = replace(limits, cluster_kinds="deny")
+        else:
+            listed = tuple(k.strip() for k in kinds.split(",") if k.strip())
+            limits = replace(limits, cluster_kinds=listed)
+    return limits
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -23,10 +23,12 @@ from pydantic import (
 
 from gitsync.errors import ConfigError
 from gitsync.helm import HelmSettings
+from gitsync.limits import Limits
 from gitsync.yamlread import ReadError, ReadLimits, read_first
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
 PLAINTEXT_SCHEMES = frozenset({"http", "git"})
+_GLOB = re.compile(r"^[a-z0-9*?\[\]-]{1,63}$")
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$")
 
 
@@ -146,6 +148,20 @@ class HelmConfig(_Model):
         return v
 
 
+class ServiceAccountRef(_Model):
+    """The ServiceAccount an app's requests impersonate (``apps[].serviceAccount``)."""
+
+    name: str
+    namespace: str
+
+    @property
+    def username(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.name}"
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
 class AppConfig(_Model):
     name: str
     # Before ``repo``, whose validator reads it: http:// and git:// let anyone on the
@@ -180,6 +196,36 @@ class AppConfig(_Model):
 
     verify: VerifyConfig | None = None
     webhook: AppWebhookConfig | None = None
+
+    # Who the app's requests run as (default: gitsync itself).
+    service_account: ServiceAccountRef | None = Field(default=None, alias="serviceAccount")
+    # Namespaces (names or globs) the app may write in; None: any.
+    allowed_namespaces: tuple[str, ...] | None = Field(default=None, alias="allowedNamespaces")
+    # Cluster-scoped kinds the app may write: "deny", a list of kinds, or None: any.
+    cluster_scoped: Literal["deny"] | tuple[str, ...] | None = Field(
+        default=None, alias="clusterScoped"
+    )
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(namespaces=self.allowed_namespaces, cluster_kinds=self.cluster_scoped)
+
+    @field_validator("allowed_namespaces")
+    @classmethod
+    def _globs(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for pattern in v or ():
+            if not _GLOB.match(pattern):
+                msg = f"{pattern!r} is not a namespace name or glob (letters, digits, -, *, ?)"
+                raise ValueError(msg)
+        return v
+
+    @field_validator("cluster_scoped", mode="before")
+    @classmethod
+    def _kinds(cls, v: Any) -> Any:
+        if isinstance(v, str) and v != "deny":
+            msg = f"{v!r}: give 'deny' or a list of kinds (e.g. [Namespace, ClusterRole])"
+            raise ValueError(msg)
+        return v
 
     @field_validator("name")
     @classmethod

@@ -45,7 +45,7 @@ from gitsync.errors import ConfigError, GitSyncError
 from gitsync.kube import Kube
 from gitsync.leader import LeaderElector, LeaseSpec, default_identity
 from gitsync.server import Server, WebhookSettings
-from gitsync.sync import Context, SyncResult, sync_app
+from gitsync.sync import Context, SyncResult, app_kube, sync_app
 
 # Retried with backoff: "degraded" is a rollback that did not finish, "timed-out" a gate
 # that saw no failure yet (checked again soon rather than at the next interval).
@@ -492,8 +492,13 @@ class Controller:
             try:
                 # With selfHeal a watcher writes: one more reason it runs on the leader only.
                 # It keeps gitsync_drift_objects{app} itself.
+                # Watches and heals run as the app's ServiceAccount; state stays gitsync's.
                 runner.drift = DriftWatcher(
-                    self.kube, runner.app, self.cfg.state_namespace, log.get(app=runner.app.name)
+                    app_kube(runner.app, self.ctx),
+                    runner.app,
+                    self.cfg.state_namespace,
+                    log.get(app=runner.app.name),
+                    state_kube=self.kube,
                 )
                 runner.drift.start()
             except Exception as e:  # noqa: BLE001 - drift reports are optional, syncs are not

@@ -248,8 +248,12 @@ class DriftWatcher:
         logger: Any = None,
         *,
         settings: DriftSettings | None = None,
+        state_kube: Kube | None = None,
     ) -> None:
+        # ``kube`` is the app's identity (its ServiceAccount, if any): watches and heals;
+        # ``state_kube`` is gitsync's own: the state stream, intents and Events.
         self.kube, self.app, self.state_namespace = kube, app, state_namespace
+        self.state_kube = state_kube or kube
         self.manager = field_manager(app.name)
         self.settings = settings or DriftSettings()
         self.log = logger if logger is not None else log.get(app=app.name)
@@ -295,7 +299,11 @@ class DriftWatcher:
             group="", version="v1", kind="Secret", namespace=self.state_namespace, name=""
         )
         self._start_stream(
-            _STATE, state_ref, self.state_namespace, f"{STATE_LABEL}={self.app.name}"
+            _STATE,
+            state_ref,
+            self.state_namespace,
+            f"{STATE_LABEL}={self.app.name}",
+            kube=self.state_kube,
         )
         self.log.info("drift.watching", state_namespace=self.state_namespace)
 
@@ -349,9 +357,11 @@ class DriftWatcher:
 
     # --- worker ------------------------------------------------------------------------
 
-    def _start_stream(self, key: KindKey, ref: ObjectRef, namespace: str, selector: str) -> None:
+    def _start_stream(
+        self, key: KindKey, ref: ObjectRef, namespace: str, selector: str, kube: Kube | None = None
+    ) -> None:
         stream = _Stream(
-            kube=self.kube,
+            kube=kube or self.kube,
             ref=ref,
             key=key,
             namespace=namespace,
@@ -401,7 +411,7 @@ class DriftWatcher:
         if any((s.get("metadata") or {}).get("name") == head for s in secrets):
             # The head changed: read the state it now stands for (it may be in chunks).
             try:
-                found = read_intent(self.kube, self.app.name, self.state_namespace)
+                found = read_intent(self.state_kube, self.app.name, self.state_namespace)
             except (StateError, KubeError) as e:
                 self.log.warning("drift.state_unreadable", error=str(e))
                 found = None
@@ -486,7 +496,7 @@ class DriftWatcher:
         if self._held():
             return
         try:
-            found = read_intent(self.kube, self.app.name, self.state_namespace)
+            found = read_intent(self.state_kube, self.app.name, self.state_namespace)
         except (StateError, KubeError) as e:
             self.log.warning("drift.state_unreadable", error=str(e))
             found = None
@@ -642,7 +652,7 @@ class DriftWatcher:
         uid = str((live.get("metadata") or {}).get("uid") or "")
         message = "drift from Git: " + "; ".join(r.summary() for r in reports)
         events.emit(
-            self.kube,
+            self.state_kube,
             involved=reports[0].ref,
             uid=uid,
             reason="Drift",
@@ -749,7 +759,7 @@ class DriftWatcher:
             )
             if self.settings.emit_events:
                 events.emit(
-                    self.kube,
+                    self.state_kube,
                     involved=intent.ref,
                     reason="Drift",
                     message=(

@@ -9,6 +9,7 @@
     │   ├── ConflictError     optimistic-concurrency or field-manager conflict
     │   └── InvalidError      422: invalid or immutable field
     ├── ApplyError           one or more objects failed to apply; carries each failure
+    ├── LimitError           a render writes outside the app's namespaces or kinds (file:line)
     ├── HealthTimeout        rollout did not become healthy in time
     └── StateError           the in-cluster state Secret is unreadable
 
@@ -94,6 +95,15 @@ class ApplyError(GitSyncError):
         self.failures = list(failures)
         lines = "\n".join(f"  - {ref}: {msg}" for ref, msg in failures)
         super().__init__(f"{len(failures)} object(s) failed to apply:\n{lines}")
+
+
+class LimitError(GitSyncError):
+    """Objects outside the app's ``allowedNamespaces`` / ``clusterScoped``: nothing written."""
+
+    def __init__(self, app: str, violations: list[str]) -> None:
+        self.violations = list(violations)
+        lines = "\n".join(f"  - {v}" for v in violations)
+        super().__init__(f"{len(violations)} object(s) outside the limits of app {app!r}:\n{lines}")
 
 
 class HealthTimeout(GitSyncError):

@@ -11,6 +11,12 @@ kind, held for minutes) can never take the connections that writes need; a reque
 waits for a pooled connection gives up after ``pool_timeout``. ``dedicated()`` makes a
 sibling client with its own small pool for the leader Lease.
 
+Identity: ``impersonate()`` makes a client that shares this one's pools, credentials,
+rate limit, counters, write fence and discovery cache, but sends every request as another
+user (an app's ServiceAccount), so the API server's RBAC, not gitsync, decides what that
+app may do. Discovery is the same for every user (the API server serves it to all
+authenticated users), so sharing its cache leaks nothing.
+
 Retries: a request that fails for a reason that is not its own (5xx, 429, a timeout, a
 refused or reset connection, as during an API server or etcd restart) is sent again with
 capped exponential backoff and jitter, for at most ``retry_budget`` seconds in total, so
@@ -23,6 +29,7 @@ Watches are never retried here: their callers relist.
 
 from __future__ import annotations
 
+import copy
 import enum
 import json
 import random
@@ -30,7 +37,7 @@ import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -302,6 +309,11 @@ class Kube:
         self.calls: Counter[str] = Counter()
         self._discovery: Discovery | None = None
         self._write_fence: Callable[[], str] | None = None
+        # Set on an impersonating client (see ``impersonate``).
+        self._root: Kube | None = None
+        self.acting_as = ""
+        self._as_headers: tuple[tuple[str, str], ...] = ()
+        self._scope: frozenset[str] = frozenset()
 
     # --- construction ---------------------------------------------------------------
 
@@ -401,10 +413,54 @@ class Kube:
             retry_budget=retry_budget,
         )
 
+    def impersonate(
+        self,
+        user: str,
+        groups: Sequence[str] = (),
+        *,
+        label: str = "",
+        namespaces: Collection[str] = (),
+    ) -> Kube:
+        """A client that acts as ``user`` (``Impersonate-User``/``Impersonate-Group``),
+        sharing everything else with this one; errors say ``as <label or user>``.
+
+        For a ServiceAccount user, leave ``groups`` empty: the API server then adds the
+        account's fixed groups (system:serviceaccounts, system:serviceaccounts:<ns>,
+        system:authenticated) itself, so gitsync needs ``impersonate`` on the
+        ServiceAccount only, not on any group. ``namespaces``: see ``scoped``.
+        """
+        root = self._root or self
+        twin = copy.copy(root)
+        twin._root = root
+        twin.acting_as = label or user
+        twin._as_headers = (
+            ("Impersonate-User", user),
+            *(("Impersonate-Group", g) for g in groups),
+        )
+        twin._scope = frozenset(namespaces)
+        return twin
+
+    def scoped(self, namespaces: Collection[str]) -> Kube:
+        """The same identity; a cluster-wide LIST it is forbidden (403) is answered by
+        one LIST per namespace in ``namespaces``, as an identity that holds only Roles
+        in those namespaces can do."""
+        twin = copy.copy(self)
+        twin._root = self._root or self  # discovery and the write fence stay shared
+        twin._scope = frozenset(namespaces)
+        return twin
+
+    def _headers(self, accept: str) -> urllib3.HTTPHeaderDict:
+        headers = urllib3.HTTPHeaderDict(
+            {"Accept": accept, "User-Agent": "gitsync", **self._auth()}
+        )
+        for key, value in self._as_headers:
+            headers.add(key, value)  # repeated, not joined: the API server reads each line
+        return headers
+
     def set_write_fence(self, fence: Callable[[], str] | None) -> None:
         """``fence()`` returns why writes must stop now ("" to go ahead); checked before
         every write attempt, so a leader whose Lease ran out sends nothing more."""
-        self._write_fence = fence
+        (self._root or self)._write_fence = fence
 
     # --- raw requests ---------------------------------------------------------------
 
@@ -439,6 +495,8 @@ class Kube:
         if body is not None:
             data = json.dumps(body, separators=(",", ":")).encode()
         label = what or f"{method} {path}"
+        if self.acting_as:
+            label += f" as {self.acting_as}"
         seconds = timeout or self._timeout
         deadline = time.monotonic() + self.retry.budget
         unsure = False  # an earlier attempt may have been carried out
@@ -447,7 +505,7 @@ class Kube:
             self._check_fence(method, label)
             self._limiter.take()
             self._count(verb)
-            headers = {"Accept": accept, "User-Agent": "gitsync", **self._auth()}
+            headers = self._headers(accept)
             if data is not None:
                 headers["Content-Type"] = content_type
             retry_after: float | None = None
@@ -490,9 +548,10 @@ class Kube:
             attempt += 1
 
     def _check_fence(self, method: str, label: str) -> None:
-        if method == "GET" or self._write_fence is None:
+        fence = (self._root or self)._write_fence
+        if method == "GET" or fence is None:
             return
-        reason = self._write_fence()
+        reason = fence()
         if reason:
             msg = f"{label}: not sent: {reason}"
             raise KubeError(msg, transient=True)
@@ -501,6 +560,8 @@ class Kube:
 
     def discover(self, *, refresh: bool = False) -> Discovery:
         """All served kinds, from aggregated discovery (two calls), cached until refreshed."""
+        if self._root is not None:
+            return self._root.discover(refresh=refresh)
         if self._discovery is not None and not refresh:
             return self._discovery
         preferred: dict[tuple[str, str], Resource] = {}
@@ -597,7 +658,37 @@ class Kube:
         label_selector: str = "",
         limit: int = 500,
     ) -> tuple[list[KubeObject], str]:
-        """All objects (paged), and the list's resourceVersion to start a watch from."""
+        """All objects (paged), and the list's resourceVersion to start a watch from.
+
+        An impersonating client with a scope (``scoped``) lists what its identity may
+        see: a forbidden cluster-wide LIST of a namespaced kind becomes one LIST per
+        namespace of the scope, and a forbidden LIST yields nothing (no resourceVersion
+        either), so that the plan's per-object calls say which object is refused, and
+        where it is written."""
+        if namespace or not self._scope or not self.acting_as:
+            return self._list(res, namespace=namespace, label_selector=label_selector, limit=limit)
+        try:
+            return self._list(res, namespace="", label_selector=label_selector, limit=limit)
+        except KubeError as e:
+            if e.status != 403:
+                raise
+        self._count("forbidden")
+        items: list[KubeObject] = []
+        for ns in sorted(self._scope) if res.namespaced else ():
+            try:
+                page, _rv = self._list(
+                    res, namespace=ns, label_selector=label_selector, limit=limit
+                )
+                items += page
+            except KubeError as e:
+                if e.status != 403:
+                    raise
+                self._count("forbidden")
+        return items, ""
+
+    def _list(
+        self, res: Resource, *, namespace: str, label_selector: str, limit: int
+    ) -> tuple[list[KubeObject], str]:
         items: list[KubeObject] = []
         query: dict[str, str] = {"limit": str(limit)}
         if label_selector:
@@ -768,7 +859,7 @@ class Kube:
             resp = self._watch_pool.request(
                 "GET",
                 url,
-                headers={"Accept": "application/json", **self._auth()},
+                headers=self._headers("application/json"),
                 preload_content=False,
                 timeout=urllib3.Timeout(connect=10, read=timeout_seconds + 30),
             )
@@ -780,7 +871,8 @@ class Kube:
             if cancel is not None and not cancel._attach(resp):
                 return
             if resp.status >= 400:
-                _raise_for(resp.status, resp.read(), f"watch {res.kind}")
+                who = f" as {self.acting_as}" if self.acting_as else ""
+                _raise_for(resp.status, resp.read(), f"watch {res.kind}{who}")
             yield from _json_lines(resp)
             drained = True
         except (urllib3.exceptions.HTTPError, OSError, ValueError) as e:

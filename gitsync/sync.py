@@ -9,6 +9,12 @@ the sync may create or take over (write-ahead), so a crash at any point leaves n
 that the next sync cannot find. Nothing is pruned before the new revision is healthy; a
 revision that fails its gate is rolled back and quarantined, and every outcome, a
 rollback that fails or raises included, is recorded.
+
+Identity: every request an app makes (plan, dry-run, apply, prune, gate, rollback) goes
+through ``app_kube``, which impersonates the app's ServiceAccount when it has one; the
+state (read, written, other apps' claims) and Events stay on gitsync's own client. The
+app's limits (``gitsync.limits``) are checked on the rendered set before the plan makes
+any call, and prune and rollback never touch an object outside them.
 """
 
 from __future__ import annotations
@@ -16,21 +22,22 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from gitsync import events, inventory, log, verify
+from gitsync import events, inventory, limits, log, verify
 from gitsync.apply import AppliedSet, Failure, Progress, apply_plan
 from gitsync.config import AppConfig
-from gitsync.errors import GitSyncError
+from gitsync.errors import GitSyncError, KubeError
 from gitsync.gate import ObjectHealth, Verdict, default_timeout, wait_healthy
 from gitsync.health import Health, Status
 from gitsync.inventory import AppState, InventoryEntry
 from gitsync.kube import Kube
 from gitsync.model import Identity, KubeObject, ManifestSet, ObjectRef, Revision, field_manager
 from gitsync.ownership import Owners
-from gitsync.plan import Action, Origin, Plan, make_plan
+from gitsync.plan import Action, Change, Origin, Plan, make_plan
 from gitsync.prune import PruneResult, prune
 from gitsync.render import render
 from gitsync.rollback import quarantine as quarantine_commit
@@ -124,13 +131,33 @@ def prepare_render(app: AppConfig, ctx: Context) -> tuple[Revision, ManifestSet]
     return revision, manifests
 
 
+def app_kube(app: AppConfig, ctx: Context, *, namespaces: Collection[str] = ()) -> Kube:
+    """The client the app's own requests go through: as its ServiceAccount if it names
+    one (errors then say "as ServiceAccount <ns>/<name>"), else gitsync's own."""
+    sa = app.service_account
+    if sa is None:
+        return ctx.kube
+    return ctx.kube.impersonate(sa.username, label=f"ServiceAccount {sa}", namespaces=namespaces)
+
+
+def app_namespaces(app: AppConfig, manifests: ManifestSet, state: AppState) -> frozenset[str]:
+    """Where the app's objects are or were: the namespaces an identity with only Roles
+    there is listed in (see ``Kube.scoped``)."""
+    refs = [m.ref for m in manifests.manifests]
+    refs += [e.ref for e in (*state.inventory, *state.pending)]
+    refs += [ObjectRef.of(o) for o in (*state.healthy_manifests, *state.adopted)]
+    named = [n for n in app.allowed_namespaces or () if not any(c in n for c in "*?[")]
+    return frozenset({r.namespace for r in refs if r.namespace} | {*named, app.namespace})
+
+
 def prepare(app: AppConfig, ctx: Context) -> Prepared:
-    """Fetch, render and plan: reads only."""
+    """Fetch, render, check the limits and plan: reads only."""
     revision, manifests = prepare_render(app, ctx)
+    limits.enforce(manifests, app.limits, app=app.name)
     state = inventory.read_state(ctx.kube, app=app.name, namespace=ctx.state_namespace)
     plan = make_plan(
         manifests,
-        kube=ctx.kube,
+        kube=app_kube(app, ctx, namespaces=app_namespaces(app, manifests, state)),
         app=app.name,
         state=state,
         owners=owners(app, ctx),
@@ -159,7 +186,10 @@ class _Run:
     def __init__(
         self, app: AppConfig, ctx: Context, *, progress: Progress | None, force: bool
     ) -> None:
-        self.app, self.ctx, self.kube = app, ctx, ctx.kube
+        self.app, self.ctx = app, ctx
+        # The app's identity for everything but state and Events (``ctx.kube``).
+        self.kube = app_kube(app, ctx)
+        self.limits = app.limits
         self.progress, self.force = progress, force
         self.started = time.monotonic()
         self.log = log.get(app=app.name)
@@ -190,18 +220,21 @@ class _Run:
         self.log = self.log.bind(revision=revision.sha[:12])
         try:
             self.state = self.stored = inventory.read_state(
-                self.kube, app=app.name, namespace=self.ctx.state_namespace
+                self.ctx.kube, app=app.name, namespace=self.ctx.state_namespace
             )
         except GitSyncError as e:
             self.log.error("sync.failed", stage="state", error=str(e))
             return self.result(revision.sha, "failed", error=str(e))
         state = self.state
+        self.kube = self.kube.scoped(app_namespaces(app, manifests, state))
         if revision.sha in state.quarantined and not self.force:
             if state.degraded:
                 return self.retry_rollback(revision.sha)
             self.log.info("sync.skipped", reason="commit is quarantined after a rollback")
             return self.result(revision.sha, "quarantined")
         try:
+            # Outside the app's namespaces or kinds: refused whole, before any call.
+            limits.enforce(manifests, self.limits, app=app.name)
             plan = make_plan(
                 manifests,
                 kube=self.kube,
@@ -228,7 +261,7 @@ class _Run:
         with contextlib.suppress(GitSyncError):
             if not sha:
                 self.state = self.stored = inventory.read_state(
-                    self.kube, app=self.app.name, namespace=self.ctx.state_namespace
+                    self.ctx.kube, app=self.app.name, namespace=self.ctx.state_namespace
                 )
             last = self.state.history[-1] if self.state.history else None
             if last is None or (last.sha, last.result, last.reason) != (sha, "failed", str(error)):
@@ -387,7 +420,11 @@ class _Run:
         rev = prep.revision
         state = self.state
         desired = {m.ref.identity() for m in prep.manifests.manifests}
-        released = [o for o in state.adopted if ObjectRef.of(o).identity() not in desired]
+        released = [
+            o
+            for o in state.adopted
+            if ObjectRef.of(o).identity() not in desired and self.limits.allows(ObjectRef.of(o))
+        ]
         restored = restore_adopted(self.kube, released, manager=field_manager(self.app.name))
         for ref in restored:
             self.log.info("sync.released", object=str(ref), why="adopted by an unsettled sync")
@@ -435,9 +472,25 @@ class _Run:
 
         Adopted objects released above are not candidates: they were never ours to delete.
         """
-        app = self.app
         adopted = {ObjectRef.of(o).identity() for o in self.state.adopted}
         changes = [c for c in prep.plan.changes if c.ref.identity() not in adopted]
+        # Never delete outside the limits (they were narrowed since it was applied): kept
+        # in the inventory, reported on every sync until the limits or the object change.
+        fenced = tuple(
+            c.ref for c in changes if c.action is Action.PRUNE and not self.limits.allows(c.ref)
+        )
+        for ref in fenced:
+            self.log.warning(
+                "prune.outside_limits", object=str(ref), reason=self.limits.why_not(ref)
+            )
+        if fenced:
+            changes = [c for c in changes if c.action is not Action.PRUNE or c.ref not in fenced]
+            pruned = self._prune(prep, changes)
+            return replace(pruned, kept=(*pruned.kept, *fenced))
+        return self._prune(prep, changes)
+
+    def _prune(self, prep: Prepared, changes: list[Change]) -> PruneResult:
+        app = self.app
         if not app.prune.enabled:
             return PruneResult(
                 kept=tuple(
@@ -482,7 +535,9 @@ class _Run:
         culprit = verdict.culprit
         reason = verdict.reason
         if culprit is not None:
-            events.emit(self.kube, involved=culprit.ref, reason=event, message=reason, warning=True)
+            events.emit(
+                self.ctx.kube, involved=culprit.ref, reason=event, message=reason, warning=True
+            )
         if not self.app.rollback.enabled:
             self.persist(state.with_history(bad, "unhealthy", reason=reason))
             return self.result(bad, "failed", counts=counts, error=f"{label}: {reason}")
@@ -517,11 +572,16 @@ class _Run:
         state = self.state
         good = state.healthy_revision
         timeout = self.app.health.timeout or default_timeout(state.healthy_manifests)
+        within, fenced = _within_limits(state, self.limits)
+        for ref in fenced:
+            self.log.warning(
+                "rollback.outside_limits", object=str(ref), reason=self.limits.why_not(ref)
+            )
         try:
             result = roll_back(
                 kube=self.kube,
                 app=self.app.name,
-                state=state,
+                state=within,
                 timeout=timeout,
                 cancel=self.ctx.cancel,
                 owners=self.owners,
@@ -535,7 +595,11 @@ class _Run:
             self.log.info("sync.released", object=str(ref), during="rollback")
         for ref in result.restarted_pods:
             self.log.info("rollback.pod_replaced", object=str(ref), why="stuck on bad revision")
-        state = replace(state, inventory=result.inventory)
+        # What rollback may not touch stays recorded as it was, never deleted.
+        kept = [e for e in state.inventory if e.ref in fenced]
+        state = replace(
+            state, inventory=tuple(sorted((*result.inventory, *kept), key=lambda e: e.ref))
+        )
         if not result.ok:
             self.state = state
             return self.rollback_failed(bad, result.reason)
@@ -550,7 +614,7 @@ class _Run:
         if culprit is not None:
             message = f"rolled back from {bad[:12]} to {good[:12]}: {reason}"
             events.emit(
-                self.kube, involved=culprit, reason="RolledBack", message=message, warning=True
+                self.ctx.kube, involved=culprit, reason="RolledBack", message=message, warning=True
             )
         self.persist(
             replace(state, revision=good, pending=(), adopted=(), degraded="").with_history(
@@ -567,6 +631,26 @@ class _Run:
         with contextlib.suppress(GitSyncError):
             self.persist(state.with_history(bad, "rollback-failed", reason=why))
         return self.result(bad, "degraded", error=f"rollback failed: {why}")
+
+
+def _within_limits(state: AppState, lim: limits.Limits) -> tuple[AppState, frozenset[ObjectRef]]:
+    """The state a rollback may act on (re-apply, delete, restore), and what it may not."""
+    if lim.unlimited:
+        return state, frozenset()
+    refs = [e.ref for e in (*state.inventory, *state.pending)]
+    refs += [ObjectRef.of(o) for o in (*state.healthy_manifests, *state.adopted)]
+    fenced = frozenset(limits.outside(refs, lim))
+    if not fenced:
+        return state, fenced
+    ok = lim.allows
+    within = replace(
+        state,
+        inventory=tuple(e for e in state.inventory if ok(e.ref)),
+        pending=tuple(e for e in state.pending if ok(e.ref)),
+        healthy_manifests=tuple(o for o in state.healthy_manifests if ok(ObjectRef.of(o))),
+        adopted=tuple(o for o in state.adopted if ok(ObjectRef.of(o))),
+    )
+    return within, fenced
 
 
 def _prior(live: KubeObject) -> KubeObject:
@@ -611,5 +695,11 @@ def _record(
 
 def _store(ctx: Context, state: AppState) -> AppState:
     if not state.resource_version:
-        inventory.ensure_namespace(ctx.kube, ctx.state_namespace)
+        try:
+            inventory.ensure_namespace(ctx.kube, ctx.state_namespace)
+        except KubeError as e:
+            # The restricted role may not read Namespaces; its own was deployed with it
+            # (if not, the write below says so).
+            if e.status != 403:
+                raise
     return inventory.write_state(ctx.kube, state, namespace=ctx.state_namespace)
