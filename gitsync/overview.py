@@ -208,11 +208,20 @@ def _entry(h: HistoryEntry) -> TimelineEntry:
 
 
 def health_of(state: AppState, runner: RunnerView | None) -> Health:
-    """One word with a reason; see the module docstring."""
+    """One word with a reason; see the module docstring. A sync in flight does not change
+    the word (most polls change nothing): it is said in the reason."""
+    base = _settled_health(state, runner)
+    if runner is None or runner.running_seconds is None:
+        return base
+    syncing = f"syncing now ({runner.running_seconds:.0f}s)"
+    return Health(
+        status=base.status, reason=f"{base.reason}; {syncing}" if base.reason else syncing
+    )
+
+
+def _settled_health(state: AppState, runner: RunnerView | None) -> Health:
     if state.degraded:
         return Health(status=DEGRADED, reason=state.degraded)
-    if runner is not None and runner.running_seconds is not None:
-        return Health(status=PROGRESSING, reason=f"syncing for {runner.running_seconds:.0f}s")
     last = state.history[-1] if state.history else None
     live = runner.last_result if runner is not None else ""
     if live in ("failed", "timed-out"):

@@ -127,7 +127,8 @@ def page(*apps: AppOverview) -> str:
         (healthy_state(), None, HEALTHY, ""),
         (healthy_state(), RunnerView(last_result="unchanged"), HEALTHY, ""),
         (AppState(app="web"), None, PROGRESSING, "waiting for the first sync"),
-        (healthy_state(), RunnerView(running_seconds=4.0), PROGRESSING, "syncing for 4s"),
+        (healthy_state(), RunnerView(running_seconds=4.0), HEALTHY, "syncing now (4s)"),
+        (rolled_back_state(), RunnerView(running_seconds=0.2), DEGRADED, "syncing now (0s)"),
         (
             healthy_state(degraded="rollback from bbbb failed: API down"),
             RunnerView(last_result="degraded"),
