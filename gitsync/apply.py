@@ -7,6 +7,7 @@ their custom resources; Namespaces Active before what lives in them.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -17,6 +18,7 @@ from gitsync import ignores, order
 from gitsync.drift_compare import FieldPath
 from gitsync.errors import InvalidError, KubeError
 from gitsync.fields import content_hash, fingerprint, upgraded_managed_fields
+from gitsync.gate import default_timeout, wait_healthy
 from gitsync.inventory import InventoryEntry
 from gitsync.kube import Kube
 from gitsync.model import RECREATE_ANNOTATION, KubeObject, Manifest, ObjectRef
@@ -30,10 +32,12 @@ class Failure:
     message: str
     # The API server's HTTP status; 4xx means the commit itself is wrong, not the moment.
     status: int = 0
+    # The commit's own objects failed (an earlier wave never became healthy).
+    commit_fault: bool = False
 
     @property
     def permanent(self) -> bool:
-        return 400 <= self.status < 500 and self.status not in (408, 429)
+        return self.commit_fault or (400 <= self.status < 500 and self.status not in (408, 429))
 
     def __str__(self) -> str:
         where = f"{self.source}: " if self.source else ""
@@ -65,8 +69,14 @@ def apply_plan(
     ready_timeout: float = 60.0,
     progress: Progress | None = None,
     manager: str,
+    cancel: threading.Event | None = None,
 ) -> AppliedSet:
-    """Write every create/update of ``plan``; stop after the first stage with a failure."""
+    """Write every create/update of ``plan``; stop after the first stage with a failure.
+
+    Waves wait for each other, as Argo CD's sync waves and Helm's hooks do: before the
+    first stage of a later wave, what the earlier wave wrote must be healthy (a migration
+    Job in a pre-install hook has finished before the Deployment that needs it rolls).
+    """
     desired = [c for c in plan.changes if c.action is not Action.PRUNE and c.manifest]
     by_id = {c.ref.identity(): c for c in desired}
     stages = order.stages([c.manifest for c in desired if c.manifest is not None])
@@ -77,7 +87,14 @@ def apply_plan(
     written: list[ObjectRef] = []
     objects: list[KubeObject] = []
     failures: list[Failure] = []
-    for stage in stages:
+    wave: list[KubeObject] = []  # written in the current wave, to gate before the next
+    for i, stage in enumerate(stages):
+        if wave and stage.wave != stages[i - 1].wave:
+            failure = _gate_wave(kube, stages[i - 1].wave, wave, cancel)
+            if failure is not None:
+                failures.append(failure)
+                break
+            wave = []
         pairs = [(by_id[m.ref.identity()], m) for m in stage.manifests]
         todo = [(c, m) for c, m in pairs if c.action is not Action.UNCHANGED]
         for c, m in pairs:
@@ -97,6 +114,7 @@ def apply_plan(
             entries.append(_entry(manifest, result, manager))
             written.append(change.ref)
             objects.append(result)
+            wave.append(result)
         done += len(todo)
         if progress is not None:
             progress(done, total)
@@ -112,6 +130,26 @@ def apply_plan(
         written=tuple(written),
         failures=tuple(failures),
         objects=tuple(objects),
+    )
+
+
+def _gate_wave(
+    kube: Kube, number: int, objects: list[KubeObject], cancel: threading.Event | None
+) -> Failure | None:
+    """None once wave ``number``'s writes are healthy; else why the next wave must wait."""
+    verdict = wait_healthy(kube, objects, timeout=default_timeout(objects), cancel=cancel)
+    if verdict.healthy:
+        return None
+    culprit = verdict.culprit
+    ref = culprit.ref if culprit is not None else ObjectRef.of(objects[0])
+    if verdict.interrupted:
+        return Failure(ref=ref, source="", message=f"wave {number}: interrupted by shutdown")
+    return Failure(
+        ref=ref,
+        source="",
+        message=f"wave {number} did not become healthy, so later waves were not applied: "
+        f"{verdict.reason}",
+        commit_fault=True,
     )
 
 

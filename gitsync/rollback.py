@@ -79,7 +79,7 @@ def roll_back(
     created = frozenset(e.ref.identity() for e in state.pending)
     manifests = healthy_set(state)
     plan = make_plan(manifests, kube=kube, app=app, state=state, owners=owners, ignore=ignore)
-    applied = apply_plan(plan, kube=kube, manager=field_manager(app))
+    applied = apply_plan(plan, kube=kube, manager=field_manager(app), cancel=cancel)
     if not applied.ok:
         return RollbackResult(applied=applied, deleted=(), verdict=None, inventory=state.inventory)
     leftovers = [

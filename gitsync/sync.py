@@ -282,7 +282,11 @@ class _Run:
                 )
         self.write_ahead(prep.plan)
         applied = apply_plan(
-            prep.plan, kube=self.kube, progress=self.progress, manager=field_manager(self.app.name)
+            prep.plan,
+            kube=self.kube,
+            progress=self.progress,
+            manager=field_manager(self.app.name),
+            cancel=self.ctx.cancel,
         )
         by_id = {c.ref.identity(): c for c in prep.plan.changes}
         for ref in applied.written:  # in the order they were applied
