@@ -266,8 +266,9 @@ class CacheReport:
     busy: int = 0  # stores skipped because a fetch held their lock
 
 
-def _git(repo: Path, *args: str, stdin: str = "") -> str:
-    """Local git only (no remote, no credentials), with no system or global config."""
+def local_git(repo: Path, *args: str, stdin: str = "") -> str:
+    """Local git only (no remote, no credentials), with no system or global config;
+    ``SourceError`` if it fails."""
     env = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "HOME": os.devnull,
@@ -281,6 +282,7 @@ def _git(repo: Path, *args: str, stdin: str = "") -> str:
             input=stdin,
             capture_output=True,
             text=True,
+            errors="replace",
             env=env,
             timeout=_GIT_TIMEOUT,
             check=False,
@@ -346,7 +348,7 @@ def _prune_refs(store: Store, refs: set[str]) -> set[str]:
     """Delete every local ref but ``refs``; return the commits those point at."""
     if not (store.repo / "HEAD").exists():
         return set()
-    out = _git(
+    out = local_git(
         store.repo,
         "for-each-ref",
         "--format=%(objectname) %(refname)",
@@ -362,7 +364,7 @@ def _prune_refs(store: Store, refs: set[str]) -> set[str]:
         else:
             drop.append(name)
     if drop:
-        _git(store.repo, "update-ref", "--stdin", stdin="".join(f"delete {n}\n" for n in drop))
+        local_git(store.repo, "update-ref", "--stdin", stdin="".join(f"delete {n}\n" for n in drop))
     return keep
 
 
@@ -382,7 +384,7 @@ def _prune_trees(store: Store, keep: set[str]) -> int:
         if not store.tree(sha).exists() and not pinned(store, sha):
             path.unlink(missing_ok=True)
     if legacy or (store.repo / "worktrees").exists():
-        _git(store.repo, "worktree", "prune")
+        local_git(store.repo, "worktree", "prune")
     return removed
 
 
@@ -402,6 +404,6 @@ def _maybe_repack(store: Store) -> int:
         last = 0
     if size <= last * GC_GROWTH + GC_SLACK:
         return 0
-    _git(store.repo, "gc", "--quiet", "--prune=now")
+    local_git(store.repo, "gc", "--quiet", "--prune=now")
     marker.write_text(str(disk_usage(store.repo)))
     return 1

@@ -22,8 +22,6 @@ loses any user info before it is shown.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import threading
 import time
 import urllib.parse
@@ -37,7 +35,7 @@ from typing import Any, Final
 from gitsync import gitcache, inventory
 from gitsync.config import AppConfig
 from gitsync.drift_compare import OBJECT_PATH, DriftReport, display
-from gitsync.errors import GitSyncError
+from gitsync.errors import GitSyncError, SourceError
 from gitsync.inventory import AppState, HistoryEntry
 from gitsync.kube import Kube
 
@@ -49,7 +47,6 @@ PROGRESSING: Final = "Progressing"
 ROLLBACK_RESULTS: Final = frozenset({"rolled-back", "rollback-failed"})
 FAILED_RESULTS: Final = frozenset({"failed", "unhealthy", "timed-out"})
 MASK: Final = "***"
-_GIT_TIMEOUT: Final = 10.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -369,38 +366,12 @@ class CommitLookup:
         repo = gitcache.Store.of(self.cache_dir, url).repo
         if not repo.is_dir():
             return None
-        env = {
-            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-            "HOME": os.devnull,
-            "GIT_CONFIG_NOSYSTEM": "1",
-            "GIT_CONFIG_GLOBAL": os.devnull,
-            "GIT_TERMINAL_PROMPT": "0",
-        }
+        fmt = "--format=%s%x00%an <%ae>%x00%cI"
         try:
-            proc = subprocess.run(
-                [
-                    "git",
-                    "--git-dir",
-                    str(repo),
-                    "log",
-                    "-1",
-                    "--no-walk",
-                    "--format=%s%x00%an <%ae>%x00%cI",
-                    sha,
-                    "--",
-                ],
-                capture_output=True,
-                text=True,
-                errors="replace",
-                env=env,
-                timeout=_GIT_TIMEOUT,
-                check=False,
-            )
-        except (OSError, subprocess.TimeoutExpired):
+            out = gitcache.local_git(repo, "log", "-1", "--no-walk", fmt, sha, "--")
+        except SourceError:
             return None
-        if proc.returncode != 0:
-            return None
-        subject, _, rest = proc.stdout.rstrip("\n").partition("\x00")
+        subject, _, rest = out.rstrip("\n").partition("\x00")
         author, _, when = rest.partition("\x00")
         return CommitInfo(sha=sha, subject=subject, author=author, time=when)
 
