@@ -173,7 +173,7 @@ def test_lint_reads_limits_from_config(tmp_path, capsys):
 def test_rollback_acts_only_within_the_limits():
     """The state a rollback gets holds no object outside the limits; those are reported."""
     from gitsync.inventory import AppState, InventoryEntry
-    from gitsync.sync import _within_limits
+    from gitsync.recovery import _within_limits
 
     inside, far = _ref("ConfigMap", "shop", "a"), _ref("ConfigMap", "prod", "b")
     obj = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b", "namespace": "prod"}}
