@@ -407,18 +407,19 @@ def import_node_images(layout: NodeLayout) -> dict[str, Path]:
 
 
 def kill_tasks(layout: NodeLayout) -> None:
-    """With containerd still up: SIGKILL and delete every task and container it runs."""
+    """With containerd still up: SIGKILL and delete every task, then every container.
+
+    ``tasks delete --force`` kills and deletes in one call; a Pod's containers may vanish
+    with its sandbox, so the errors of one pass are expected and the list is read again.
+    """
     if not layout.socket.exists():
         return
-    listed = ctr(layout, "tasks", "ls", "-q", timeout=30)
-    tasks = listed.stdout.split() if listed.returncode == 0 else []
-    for task in tasks:
-        ctr(layout, "tasks", "kill", "--signal=SIGKILL", task, timeout=30)
-    for task in tasks:
-        for _ in range(50):
-            if ctr(layout, "tasks", "delete", task, timeout=30).returncode == 0:
-                break
-            time.sleep(0.1)
+    for _ in range(5):
+        listed = ctr(layout, "tasks", "ls", "-q", timeout=30)
+        tasks = listed.stdout.split() if listed.returncode == 0 else []
+        if not tasks:
+            break
+        ctr(layout, "tasks", "delete", "--force", *tasks, timeout=60)
     containers = ctr(layout, "containers", "ls", "-q", timeout=30)
     if containers.returncode == 0 and containers.stdout.split():
         ctr(layout, "containers", "delete", *containers.stdout.split(), timeout=60)
