@@ -175,11 +175,24 @@ def _pod(obj: KubeObject, now: datetime | None = None) -> Health:
     if phase == "Succeeded":
         return CURRENT
     if phase == "Failed":
-        return Health(Status.FAILED, "Pod failed")
+        return Health(Status.FAILED, _failed_pod_reason(obj))
     ready = _cond(obj, "Ready")
     if ready and ready.get("status") == "True":
         return CURRENT
     return Health(Status.IN_PROGRESS, f"Pod is {phase or 'Pending'}, not Ready")
+
+
+def _failed_pod_reason(obj: KubeObject) -> str:
+    """Pod failed, plus why each container ended (OOMKilled, Error) as the kubelet says."""
+    status = obj.get("status") or {}
+    ends = []
+    for cs in status.get("containerStatuses") or []:
+        terminated = (cs.get("state") or {}).get("terminated") or {}
+        if terminated.get("exitCode"):
+            reason = terminated.get("reason") or "Error"
+            ends.append(f"container {cs.get('name')} {reason} (exit {terminated['exitCode']})")
+    detail = ": " + ", ".join(ends) if ends else ""
+    return f"Pod failed{detail}"
 
 
 def _pvc(obj: KubeObject) -> Health:

@@ -66,28 +66,18 @@ def deployment(
     }
 
 
-def live(api: client.ApiClient, path: str) -> dict[str, Any]:
-    """A raw object (or list) as the apiserver serves it, as the health rules read it."""
-    response = api.call_api(
-        path,
-        "GET",
-        _preload_content=False,
-        _return_http_data_only=True,
-        auth_settings=["BearerToken"],
-    )
-    data: dict[str, Any] = json.loads(response.data)
-    return data
-
-
 def workload_snapshot(api: client.ApiClient, namespace: str, name: str) -> dict[str, Any]:
-    """The Deployment, its ReplicaSets and its Pods, as the health gate sees them."""
-    deploy = live(api, f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}")
-    sets = live(api, f"/apis/apps/v1/namespaces/{namespace}/replicasets?labelSelector=app%3D{name}")
-    pods = live(api, f"/api/v1/namespaces/{namespace}/pods?labelSelector=app%3D{name}")
+    """The Deployment, its ReplicaSets and its Pods, as the health gate sees them (camelCase)."""
+    apps, core = client.AppsV1Api(api), client.CoreV1Api(api)
+    selector = f"app={name}"
+    deploy = apps.read_namespaced_deployment(name, namespace)
+    sets = apps.list_namespaced_replica_set(namespace, label_selector=selector).items
+    pods = core.list_namespaced_pod(namespace, label_selector=selector).items
+    raw = api.sanitize_for_serialization
     return {
-        "workload": _with_kind(deploy, "apps/v1", "Deployment"),
-        "replicasets": [_with_kind(r, "apps/v1", "ReplicaSet") for r in sets["items"]],
-        "pods": [_with_kind(p, "v1", "Pod") for p in pods["items"]],
+        "workload": _with_kind(raw(deploy), "apps/v1", "Deployment"),
+        "replicasets": [_with_kind(raw(r), "apps/v1", "ReplicaSet") for r in sets],
+        "pods": [_with_kind(raw(p), "v1", "Pod") for p in pods],
     }
 
 
