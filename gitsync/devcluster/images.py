@@ -30,8 +30,7 @@ from pathlib import Path
 BUSYBOX = Path("/bin/busybox")
 PAUSE_IMAGE = "localhost/pause:3.10"
 BUSYBOX_IMAGE = "localhost/busybox:gitsync"
-# Pause only has to hold the Pod's namespaces open; containerd stops it with SIGKILL.
-PAUSE_COMMAND = ("/bin/sleep", "2147483647")
+PAUSE_SOURCE = Path(__file__).parent / "pause" / "pause.go"
 _EPOCH = 0
 
 
@@ -77,6 +76,40 @@ def busybox_rootfs(dest: Path, *, busybox: Path = BUSYBOX) -> Path:
     )
     (dest / "etc" / "group").write_text("root:x:0:\nnobody:x:65534:\napp:x:10001:\n")
     (dest / "var" / "www" / "index.html").write_text("gitsync test image\n")
+    return dest
+
+
+def pause_rootfs(dest: Path, *, go: str = "go") -> Path:
+    """A root filesystem holding only ``/pause``, built static from ``pause/pause.go``.
+
+    A Pod with ``shareProcessNamespace`` makes the sandbox PID 1 of every container, so the
+    pause process must reap orphans as the upstream one does; busybox ``sleep`` would not.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "CGO_ENABLED": "0", "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod"}
+    try:
+        subprocess.run(
+            [
+                go,
+                "build",
+                "-trimpath",
+                "-ldflags=-s -w",
+                "-o",
+                str(dest / "pause"),
+                str(PAUSE_SOURCE),
+            ],
+            env=env,
+            cwd=dest,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    except FileNotFoundError as e:
+        msg = "Go is needed to build the pause binary (hack/install-deps.sh installs it)"
+        raise ImageError(msg) from e
+    except subprocess.CalledProcessError as e:
+        msg = f"building the pause binary failed: {e.stderr.strip()}"
+        raise ImageError(msg) from e
     return dest
 
 
@@ -144,18 +177,32 @@ def write_docker_archive(rootfs: Path, out: Path, spec: ImageSpec) -> str:
 
 
 def node_images(out_dir: Path, *, busybox: Path = BUSYBOX) -> dict[str, Path]:
-    """The pause and busybox archives, by image name, written into ``out_dir``."""
-    specs = {
-        PAUSE_IMAGE: ImageSpec(tag=PAUSE_IMAGE, entrypoint=PAUSE_COMMAND),
-        BUSYBOX_IMAGE: ImageSpec(tag=BUSYBOX_IMAGE, cmd=("/bin/sh",)),
+    """The pause and busybox archives, by image name, written into ``out_dir`` (a cache)."""
+    if not busybox.is_file():
+        msg = f"{busybox} is missing: install busybox-static (hack/install-deps.sh realnode)"
+        raise ImageError(msg)
+    archives = {
+        PAUSE_IMAGE: out_dir / "pause.tar",
+        BUSYBOX_IMAGE: out_dir / "busybox.tar",
     }
-    archives: dict[str, Path] = {}
+    # Same inputs, same archives: skip the Go build and the tarring on a warm start.
+    stamp = out_dir / "inputs.sha256"
+    inputs = hashlib.sha256(PAUSE_SOURCE.read_bytes() + busybox.read_bytes()).hexdigest()
+    fresh = stamp.is_file() and stamp.read_text() == inputs
+    if fresh and all(a.is_file() for a in archives.values()):
+        return archives
     with tempfile.TemporaryDirectory(prefix="gitsync-rootfs-") as tmp:
-        rootfs = busybox_rootfs(Path(tmp) / "rootfs", busybox=busybox)
-        for name, spec in specs.items():
-            slug = name.split("/", 1)[1].replace(":", "_")
-            archives[name] = out_dir / f"{slug}.tar"
-            write_docker_archive(rootfs, archives[name], spec)
+        write_docker_archive(
+            pause_rootfs(Path(tmp) / "pause"),
+            archives[PAUSE_IMAGE],
+            ImageSpec(tag=PAUSE_IMAGE, entrypoint=("/pause",), env=()),
+        )
+        write_docker_archive(
+            busybox_rootfs(Path(tmp) / "busybox", busybox=busybox),
+            archives[BUSYBOX_IMAGE],
+            ImageSpec(tag=BUSYBOX_IMAGE, cmd=("/bin/sh",)),
+        )
+    stamp.write_text(inputs)
     return archives
 
 

@@ -40,7 +40,7 @@ import yaml
 from gitsync.errors import GitSyncError
 
 from .certs import KeyPair, Pki, issue_client_cert, issue_serving_cert, write_kubeconfig
-from .images import BUSYBOX, PAUSE_IMAGE, node_images
+from .images import BUSYBOX, PAUSE_IMAGE, ImageError, node_images
 
 NODE_NAME = "gitsync-real-node"
 REAL_NODE_LABEL = "gitsync.test/real-node"
@@ -164,6 +164,8 @@ def host_problems(kubelet: Path) -> list[str]:
         )
     if not BUSYBOX.is_file():
         problems.append(f"{BUSYBOX} is missing (hack/install-deps.sh realnode)")
+    if shutil.which("go") is None:
+        problems.append("Go is missing: it builds the pause binary (hack/install-deps.sh)")
     if not kubelet.is_file():
         problems.append(f"{kubelet} is missing (hack/build-testcluster.sh kubelet)")
     memory = CGROUP_FS / "memory"
@@ -395,9 +397,17 @@ def import_image(layout: NodeLayout, archive: Path) -> None:
         raise RealNodeError(msg)
 
 
+def image_cache() -> Path:
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return cache / "gitsync" / "node-images"
+
+
 def import_node_images(layout: NodeLayout) -> dict[str, Path]:
-    """Make the pause and busybox images and import both."""
-    archives = node_images(layout.images_dir)
+    """Make (or reuse) the pause and busybox images and import both."""
+    try:
+        archives = node_images(image_cache())
+    except ImageError as e:
+        raise RealNodeError(str(e)) from e
     for archive in archives.values():
         import_image(layout, archive)
     return archives
