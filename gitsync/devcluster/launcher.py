@@ -279,6 +279,8 @@ class DevCluster:
         deadline = began + self.config.start_timeout
         bin_dir = self.bin_dir
         stages = stage_files(bin_dir, self.config.extra_stages)
+        if self.config.real_node:
+            self._check_real_node_host()
         self._prepare_work_dir()
         self._rt.ports = _free_ports()
         self._rt.pki = generate_pki(self.work_dir / "pki", service_ip=self.config.service_ip)
@@ -628,10 +630,7 @@ class DevCluster:
         began = time.monotonic()
         deadline = began + self.config.real_node_timeout
         kubelet = self.bin_dir / "kubelet"
-        problems = realnode.host_problems(kubelet)
-        if problems:
-            msg = "the real node cannot start on this machine: " + "; ".join(problems)
-            raise DevClusterError(msg)
+        self._check_real_node_host()
         containerd = shutil.which("containerd") or "containerd"
         kubelet_port, healthz_port = _free_loopback_ports(2)
         node = realnode.NodeLayout.create(
@@ -673,6 +672,12 @@ class DevCluster:
             seconds=round(time.monotonic() - began, 1),
             kubelet_seconds=round(time.monotonic() - kubelet_began, 1),
         )
+
+    def _check_real_node_host(self) -> None:
+        problems = realnode.host_problems(self.bin_dir / "kubelet")
+        if problems:
+            msg = "the real node cannot start on this machine: " + "; ".join(problems)
+            raise DevClusterError(msg)
 
     def _bind_kubelet_api_client(self) -> None:
         """Let the apiserver's kubelet-client identity use the kubelet API (logs, exec)."""
