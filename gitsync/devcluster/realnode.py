@@ -56,6 +56,17 @@ CGROUP_FS = Path("/sys/fs/cgroup")
 LOG_LINKS = Path("/var/log/containers")  # the kubelet's fixed symlink dir
 NETNS_DIR = Path("/var/run/netns")
 APISERVER_KUBELET_CLIENT = "kube-apiserver-kubelet-client"
+# The kubelet sets these host sysctls at start (protectKernelDefaults: true would refuse to
+# start instead). Their values before it ran are saved and put back by cleanup().
+KUBELET_SYSCTLS = {
+    "vm/overcommit_memory": "1",
+    "vm/panic_on_oom": "0",
+    "kernel/panic": "10",
+    "kernel/panic_on_oops": "1",
+    "kernel/keys/root_maxkeys": "1000000",
+    "kernel/keys/root_maxbytes": "25000000",
+}
+SYSCTL_DIR = Path("/proc/sys")
 _MNT_DETACH = 2
 
 
@@ -144,6 +155,10 @@ class NodeLayout:
         return self.work / "images"
 
     @property
+    def saved_sysctls(self) -> Path:
+        return self.work / "sysctls-before.json"
+
+    @property
     def prefix_len(self) -> int:
         return ipaddress.ip_network(self.subnet).prefixlen
 
@@ -212,6 +227,7 @@ def prepare(layout: NodeLayout, *, pki: Pki, server: str) -> None:
     layout.kubelet_config.write_text(
         yaml.safe_dump(kubelet_config(layout, ca=pki.ca.cert, serving=serving), sort_keys=False)
     )
+    _save_sysctls(layout)
     _make_cgroup_root(layout.cgroup_root)
     _make_bridge(layout)
 
@@ -446,6 +462,7 @@ def cleanup(layout: NodeLayout) -> list[str]:
     left += _delete_netns(layout)
     _run(["ip", "link", "delete", layout.bridge])
     left += _remove_cgroup_root(layout.cgroup_root)
+    _restore_sysctls(layout)
     with contextlib.suppress(OSError):
         for link in LOG_LINKS.iterdir():
             if link.is_symlink() and str(layout.pod_logs) in str(link.readlink()):
@@ -519,6 +536,31 @@ def _delete_netns(layout: NodeLayout) -> list[str]:
                 if ns.exists():
                     left.append(f"netns {ns.name} is still there")
     return left
+
+
+def _save_sysctls(layout: NodeLayout) -> None:
+    if layout.saved_sysctls.exists():
+        return
+    before = {}
+    for key in KUBELET_SYSCTLS:
+        with contextlib.suppress(OSError):
+            before[key] = (SYSCTL_DIR / key).read_text().strip()
+    layout.saved_sysctls.write_text(json.dumps(before, indent=1) + "\n")
+
+
+def _restore_sysctls(layout: NodeLayout) -> None:
+    """Put back what the kubelet changed, unless someone changed it again since."""
+    try:
+        before = json.loads(layout.saved_sysctls.read_text())
+    except (OSError, ValueError):
+        return
+    for key, value in before.items():
+        path = SYSCTL_DIR / key
+        with contextlib.suppress(OSError):
+            if path.read_text().strip() == KUBELET_SYSCTLS.get(
+                key
+            ) and value != KUBELET_SYSCTLS.get(key):
+                path.write_text(value)
 
 
 def _make_bridge(layout: NodeLayout) -> None:
