@@ -78,6 +78,6 @@ built=$(date +%s)
 
 rm -f "$out"
 buildah "${store[@]}" push --quiet "$tag" "docker-archive:$out:$tag" >&2
-size=$(buildah "${store[@]}" inspect --type image --format '{{.Size}}' "$tag" 2>/dev/null || echo "?")
-log "bases $((bases_done - began))s, build $((built - bases_done))s, total $(( $(date +%s) - began ))s; image $tag ${size} bytes unpacked, archive $(du -h "$out" | cut -f1)"
+size=$(buildah "${store[@]}" images --format '{{.Size}}' "$tag" 2>/dev/null | head -1)
+log "bases $((bases_done - began))s, build $((built - bases_done))s, total $(( $(date +%s) - began ))s; image $tag ${size:-?}, archive $(du -h "$out" | cut -f1)"
 echo "$out"
