@@ -232,8 +232,10 @@ def log_events(kubectl: Kubectl) -> list[dict[str, Any]]:
     ).stdout.split()
     events = []
     for pod in pods:
-        result = kubectl("logs", "-n", SYSTEM_NS, pod, check=False)
-        for line in result.stdout.splitlines():
+        # A restarted container's earlier lines are only in --previous.
+        before = kubectl("logs", "-n", SYSTEM_NS, pod, "--previous", check=False).stdout
+        now = kubectl("logs", "-n", SYSTEM_NS, pod, check=False).stdout
+        for line in (before + "\n" + now).splitlines():
             with contextlib.suppress(ValueError):
                 event = json.loads(line)
                 if isinstance(event, dict):
@@ -265,12 +267,19 @@ def rolled_back(
         what=f"health.failed for {release} ({bad[:12]})",
         interval=1.0,
     )
-    done = wait_until(
-        lambda: find_event(kubectl, "rollback.done", bad),
-        timeout=180,
-        what=f"rollback.done for {release} ({bad[:12]})",
-        interval=1.0,
-    )
+    try:
+        done = wait_until(
+            lambda: find_event(kubectl, "rollback.done", bad),
+            timeout=180,
+            what=f"rollback.done for {release} ({bad[:12]})",
+            interval=1.0,
+        )
+    except pytest.fail.Exception:
+        for event in log_events(kubectl):
+            if event.get("event") != "sync.skipped" and event.get("level") != "debug":
+                print(json.dumps(event)[:2000])
+        print(kubectl("get", "pods", "-n", SYSTEM_NS, "-o", "yaml").stdout[-4000:])
+        raise
     print(
         f"{release}: verdict {at(failed) - began:.1f}s after the commit "
         f"({failed.get('reason', '')[:120]}), healthy rollback after {at(done) - began:.1f}s"

@@ -84,3 +84,23 @@ def test_oomkilled_pod_that_never_restarts_is_failed_naming_the_kill() -> None:
     health = assess(pod)
     assert health.status is Status.FAILED
     assert "OOMKilled" in health.reason
+
+
+def test_deadline_left_over_from_the_bad_rollout_does_not_fail_the_rollback() -> None:
+    """After a rollback the timed-out condition lingers; Ready current Pods mean InProgress.
+
+    Built from the recorded unready rollout: the same Deployment status (observed, still
+    ProgressDeadlineExceeded), but the current revision's Pod is Ready, as it is right
+    after a rollback to a ReplicaSet that kept its Pods (seen as a rollback.failed on the
+    real node before this rule).
+    """
+    snapshot = load("deployment-readiness-deadline")
+    pods = current_pods(snapshot["workload"], snapshot["pods"], snapshot["replicasets"])
+    assert assess(snapshot["workload"], pods=pods).status is Status.FAILED
+    ready_pod = json.loads(json.dumps(pods[0]))
+    for condition in ready_pod["status"]["conditions"]:
+        if condition["type"] in ("Ready", "ContainersReady"):
+            condition["status"] = "True"
+    health = assess(snapshot["workload"], pods=[ready_pod])
+    assert health.status is Status.IN_PROGRESS
+    assert "previous rollout" in health.reason
