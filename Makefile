@@ -51,7 +51,7 @@ image: realnode-deps
 
 e2e: venv realnode-deps lint image
 	GITSYNC_REQUIRE_REALNODE=1 GITSYNC_E2E_IMAGE=$(E2E_IMAGE) \
-	  PATH="$$(hack/build-testcluster.sh kubelet):$$PATH" $(BIN)/pytest tests/e2e
+	  PATH="$$(hack/build-testcluster.sh kubelet):$$PATH" $(BIN)/pytest -rA tests/e2e
 
 demo: venv testcluster
 	@PATH="$(TESTCLUSTER_PATH)" hack/demo.sh
