@@ -15,6 +15,7 @@ stopped by PID like every other component, so it outlives ``devcluster up``.
 from __future__ import annotations
 
 import argparse
+import functools
 import http.client
 import json
 import shutil
@@ -103,8 +104,7 @@ class ApiAccess:
     key: Path
 
     def request(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        context = ssl.create_default_context(cafile=str(self.ca))
-        context.load_cert_chain(str(self.cert), str(self.key))
+        context = _tls_context(self.ca, self.cert, self.key)
         conn = http.client.HTTPSConnection(self.host, self.port, context=context, timeout=10)
         try:
             payload = None if body is None else json.dumps(body)
@@ -118,6 +118,14 @@ class ApiAccess:
             return response.status, json.loads(text)
         except ValueError:
             return response.status, text
+
+
+@functools.cache
+def _tls_context(ca: Path, cert: Path, key: Path) -> ssl.SSLContext:
+    """One context per identity: loading keys on every poll would cost more than the poll."""
+    context = ssl.create_default_context(cafile=str(ca))
+    context.load_cert_chain(str(cert), str(key))
+    return context
 
 
 class Provisioner:
@@ -199,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--server", required=True, help="host:port of the apiserver")
     parser.add_argument("--pki", type=Path, required=True, help="the cluster's pki dir")
     parser.add_argument("--root", type=Path, required=True, help="where volume dirs are made")
-    parser.add_argument("--interval", type=float, default=0.5)
+    parser.add_argument("--interval", type=float, default=1.0)
     args = parser.parse_args(argv)
     host, _, port = args.server.rpartition(":")
     api = ApiAccess(

@@ -186,10 +186,12 @@ def host_problems(kubelet: Path) -> list[str]:
     memory = CGROUP_FS / "memory"
     if not (memory / "cgroup.procs").exists() or not os.access(memory, os.W_OK):
         problems.append(f"no writable cgroup v1 memory hierarchy at {memory}")
-    if _address_in_use(GATEWAY):
+    holder = _interface_with(GATEWAY)
+    if holder:
         problems.append(
-            f"{GATEWAY} is already on an interface here: another real-node dev cluster? "
-            "(python -m gitsync.devcluster down)"
+            f"{GATEWAY} is already on interface {holder}: another real-node dev cluster is "
+            "running, or one was killed before cleaning up "
+            "(python -m gitsync.devcluster down --work-dir DIR, or ip link delete it)"
         )
     return problems
 
@@ -610,8 +612,12 @@ def _remove_cgroup_root(root: str) -> list[str]:
     return left
 
 
-def _address_in_use(address: str) -> bool:
-    return f" {address}/" in _run(["ip", "-4", "-o", "addr", "show"])
+def _interface_with(address: str) -> str:
+    """The interface that holds ``address``, or ""."""
+    for line in _run(["ip", "-4", "-o", "addr", "show"]).splitlines():
+        if f" {address}/" in line:
+            return line.split()[1]
+    return ""
 
 
 def _run(argv: list[str], *, check: bool = False) -> str:
