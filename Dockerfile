@@ -5,7 +5,8 @@
 # as a non-root user, on a read-only root filesystem: everything it writes goes to
 # /var/cache/gitsync (Git cache) and /tmp (HOME, credential files), both emptyDirs.
 
-ARG GO_IMAGE=golang:1.24
+# One Go toolchain builds both tools (Helm v3.22 needs Go 1.26; kustomize builds with it).
+ARG GO_IMAGE=golang:1.26
 ARG PYTHON_IMAGE=python:3.11-slim
 
 # --- kustomize, pinned, built from source (the Go module proxy is the only source) ------
@@ -15,6 +16,14 @@ RUN CGO_ENABLED=0 GOBIN=/out GOFLAGS=-trimpath \
     go install -ldflags "-s -w -X sigs.k8s.io/kustomize/api/provenance.version=${KUSTOMIZE_VERSION}" \
         sigs.k8s.io/kustomize/kustomize/v5@${KUSTOMIZE_VERSION} \
  && /out/kustomize version
+
+# --- helm, pinned, built from source (Helm v3.22 needs Go 1.26): renders charts --------
+FROM ${GO_IMAGE} AS helm
+ARG HELM_VERSION=v3.22.0
+RUN CGO_ENABLED=0 GOBIN=/out GOFLAGS=-trimpath \
+    go install -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" \
+        helm.sh/helm/v3/cmd/helm@${HELM_VERSION} \
+ && /out/helm version --short
 
 # --- the package, in a venv that is copied whole into the final image -------------------
 # The same steps as tests/integration/test_package.py runs on every test run.
@@ -39,6 +48,7 @@ RUN apt-get update \
         --shell /usr/sbin/nologin gitsync \
  && install -d -o gitsync -g gitsync -m 0750 /var/cache/gitsync
 COPY --from=kustomize /out/kustomize /usr/local/bin/kustomize
+COPY --from=helm /out/helm /usr/local/bin/helm
 COPY --from=build /opt/gitsync /opt/gitsync
 ENV PATH=/opt/gitsync/bin:$PATH \
     HOME=/tmp \

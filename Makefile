@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: all deps venv testcluster test lint unit integration e2e realnode-deps image demo demo-down bench clean
+.PHONY: all deps venv testcluster helm test lint unit integration e2e realnode-deps image demo demo-down bench clean
 
 all: test
 
@@ -22,9 +22,12 @@ venv: deps $(BIN)/.installed
 # Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl and kwok from
 # the Go module proxy once (about 5 min cold on 2 cores), then reuses the cache in seconds.
 # Its bin dir goes on PATH so tests and `kubectl kustomize` use the kubectl built there.
-testcluster: deps
+testcluster: deps helm
 	@hack/build-testcluster.sh >/dev/null
-TESTCLUSTER_PATH = $$(hack/build-testcluster.sh):$$PATH
+# Helm (pinned, built the same way) renders charts; its bin dir goes on PATH too.
+helm: deps
+	@hack/build-helm.sh >/dev/null
+TESTCLUSTER_PATH = $$(hack/build-testcluster.sh):$$(hack/build-helm.sh):$$PATH
 
 lint: venv
 	$(BIN)/ruff check .
@@ -34,7 +37,7 @@ lint: venv
 test: venv testcluster lint
 	PATH="$(TESTCLUSTER_PATH)" $(BIN)/pytest
 
-unit: venv
+unit: venv helm
 	$(BIN)/pytest -m "not cluster" tests/unit
 
 # The real node (kubelet + containerd + runc + CNI) and gitsync's image built from the
@@ -49,9 +52,9 @@ E2E_IMAGE ?= $(HOME)/.cache/gitsync/image/gitsync-dev.tar
 image: realnode-deps
 	hack/build-image.sh $(E2E_IMAGE) localhost/gitsync:dev
 
-e2e: venv realnode-deps lint image
+e2e: venv testcluster realnode-deps lint image
 	GITSYNC_REQUIRE_REALNODE=1 GITSYNC_E2E_IMAGE=$(E2E_IMAGE) \
-	  PATH="$$(hack/build-testcluster.sh kubelet):$$PATH" $(BIN)/pytest -rA tests/e2e
+	  PATH="$$(hack/build-testcluster.sh kubelet):$$(hack/build-helm.sh):$$PATH" $(BIN)/pytest -rA tests/e2e
 
 demo: venv testcluster
 	@PATH="$(TESTCLUSTER_PATH)" hack/demo.sh
@@ -62,6 +65,7 @@ demo-down: venv
 bench: venv testcluster
 	PATH="$(TESTCLUSTER_PATH)" $(BIN)/python -m tests.bench.bench_sync
 	PATH="$(TESTCLUSTER_PATH)" $(BIN)/python -m tests.bench.bench_drift
+	PATH="$(TESTCLUSTER_PATH)" $(BIN)/python -m tests.bench.bench_state
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -13,12 +13,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from gitsync import order
+from gitsync import ignores, order
+from gitsync.drift_compare import FieldPath
 from gitsync.errors import InvalidError, KubeError
 from gitsync.fields import content_hash, fingerprint, upgraded_managed_fields
 from gitsync.inventory import InventoryEntry
 from gitsync.kube import Kube
-from gitsync.model import FIELD_MANAGER, RECREATE_ANNOTATION, KubeObject, Manifest, ObjectRef
+from gitsync.model import RECREATE_ANNOTATION, KubeObject, Manifest, ObjectRef
 from gitsync.plan import Action, Change, Plan
 
 
@@ -63,6 +64,7 @@ def apply_plan(
     workers: int = 16,
     ready_timeout: float = 60.0,
     progress: Progress | None = None,
+    manager: str,
 ) -> AppliedSet:
     """Write every create/update of ``plan``; stop after the first stage with a failure."""
     desired = [c for c in plan.changes if c.action is not Action.PRUNE and c.manifest]
@@ -81,17 +83,18 @@ def apply_plan(
         for c, m in pairs:
             if c.action is Action.UNCHANGED:
                 live = c.live or {}
-                entries.append(_entry(m, live))
-                objects.append(live)
+                entries.append(_entry(m, live, manager))
+                if c.live is not None:  # None: a finished Job its TTL removed
+                    objects.append(live)
         if not todo:
             continue
         with ThreadPoolExecutor(max_workers=min(workers, len(todo))) as pool:
-            results = list(pool.map(lambda cm: _apply_one(kube, *cm), todo))
+            results = list(pool.map(lambda cm: _apply_one(kube, cm[0], cm[1], manager), todo))
         for (change, manifest), result in zip(todo, results, strict=True):
             if isinstance(result, Failure):
                 failures.append(result)
                 continue
-            entries.append(_entry(manifest, result))
+            entries.append(_entry(manifest, result, manager))
             written.append(change.ref)
             objects.append(result)
         done += len(todo)
@@ -112,24 +115,27 @@ def apply_plan(
     )
 
 
-def _entry(manifest: Manifest, live: KubeObject) -> InventoryEntry:
+def _entry(manifest: Manifest, live: KubeObject, manager: str) -> InventoryEntry:
     return InventoryEntry(
         ref=manifest.ref,
         manifest_hash=content_hash(manifest.obj),
-        fingerprint=fingerprint(live),
+        fingerprint=fingerprint(live, manager),
     )
 
 
-def _apply_one(kube: Kube, change: Change, manifest: Manifest) -> KubeObject | Failure:
-    obj = manifest.obj
+def _apply_one(
+    kube: Kube, change: Change, manifest: Manifest, manager: str
+) -> KubeObject | Failure:
+    obj = change.body
     try:
         if change.live is not None:
-            _adopt_client_side_fields(kube, change.ref, change.live)
-        return kube.apply(obj)
+            live = _adopt_client_side_fields(kube, change.ref, change.live, manager)
+            _release(kube, change.ref, live, change.skipped, manager)
+        return kube.apply(obj, manager=manager)
     except InvalidError as e:
         annotations = obj.get("metadata", {}).get("annotations") or {}
         if "immutable" in str(e) and annotations.get(RECREATE_ANNOTATION) == "true":
-            return _recreate(kube, change, manifest)
+            return _recreate(kube, change, manifest, manager)
         hint = (
             f' (immutable field: set annotation {RECREATE_ANNOTATION}: "true" to let gitsync '
             "delete and recreate it)"
@@ -145,17 +151,36 @@ def _apply_one(kube: Kube, change: Change, manifest: Manifest) -> KubeObject | F
         )
 
 
-def _adopt_client_side_fields(kube: Kube, ref: ObjectRef, live: KubeObject) -> None:
+def _adopt_client_side_fields(
+    kube: Kube, ref: ObjectRef, live: KubeObject, manager: str
+) -> KubeObject:
     """Take over what a client-side `kubectl apply` owns, so later removals in Git apply."""
-    upgraded = upgraded_managed_fields(live)
+    upgraded = upgraded_managed_fields(live, manager)
     if upgraded is None:
-        return
+        return live
+    return _set_managed_fields(kube, ref, live, upgraded, manager)
+
+
+def _release(
+    kube: Kube, ref: ObjectRef, live: KubeObject, paths: tuple[FieldPath, ...], manager: str
+) -> None:
+    """Give up gitsync's claim on fields it stops sending, so the apply leaves their value
+    to whoever owns it instead of removing it (e.g. ``spec.replicas`` under an HPA)."""
+    released = ignores.release(live, manager, paths) if paths else None
+    if released is not None:
+        _set_managed_fields(kube, ref, live, released, manager)
+
+
+def _set_managed_fields(
+    kube: Kube, ref: ObjectRef, live: KubeObject, entries: list[Any], manager: str
+) -> KubeObject:
+    """Replace managedFields, only if nobody wrote since ``live`` was read."""
     rv = str(live["metadata"].get("resourceVersion", ""))
     ops: list[dict[str, Any]] = [
         {"op": "test", "path": "/metadata/resourceVersion", "value": rv},
-        {"op": "replace", "path": "/metadata/managedFields", "value": upgraded},
+        {"op": "replace", "path": "/metadata/managedFields", "value": entries},
     ]
-    kube.json_patch(ref, ops, manager=FIELD_MANAGER)
+    return kube.json_patch(ref, ops, manager=manager)
 
 
 def _api_message(e: KubeError) -> str:
@@ -165,7 +190,7 @@ def _api_message(e: KubeError) -> str:
 
 
 def _recreate(
-    kube: Kube, change: Change, manifest: Manifest, timeout: float = 60.0
+    kube: Kube, change: Change, manifest: Manifest, manager: str, timeout: float = 60.0
 ) -> KubeObject | Failure:
     """Delete and create again, for an opted-in immutable change."""
     try:
@@ -179,7 +204,7 @@ def _recreate(
                     message=f"still terminating after {timeout:.0f}s; recreate abandoned",
                 )
             time.sleep(0.2)
-        return kube.apply(manifest.obj)
+        return kube.apply(change.body, manager=manager)
     except KubeError as e:
         return Failure(
             ref=change.ref, source=change.source, message=_api_message(e), status=e.status

@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,43 @@ from gitsync import __version__
 EXIT_OK, EXIT_DIFF, EXIT_ERROR = 0, 1, 2
 
 
+def _app_args(sp: argparse.ArgumentParser) -> None:
+    """The flags that name an app and its cluster, shared by render, diff, sync and status."""
+    g = sp.add_argument_group("app (from a config file, or from flags)")
+    g.add_argument("--config", help="config file (see README: config reference)")
+    g.add_argument("--app", help="app name; with --config, which app (default: all)")
+    g.add_argument("--repo", help="Git URL: https://, ssh://, git://, file://")
+    g.add_argument("--ref", default="main", help="branch, tag or commit (default: main)")
+    g.add_argument("--path", default=".", help="directory inside the repo (default: .)")
+    g.add_argument("--namespace", default="default", help="default namespace for objects")
+    g.add_argument("--no-prune", action="store_true", help="never delete objects")
+    g.add_argument(
+        "--allow-insecure",
+        action="store_true",
+        help="allow http:// and git:// for --repo (unencrypted; refused by default); "
+        "with --config, set allowInsecure on the app",
+    )
+    g.add_argument(
+        "--verify-keys",
+        metavar="DIR|FILE",
+        help="refuse commits not signed by these keys: an armored OpenPGP key file, an "
+        "ssh allowed_signers file, or a directory of *.asc and allowed_signers "
+        "(overrides the config's verify)",
+    )
+    a = sp.add_argument_group("Git credentials")
+    a.add_argument("--username", help="HTTPS user name")
+    a.add_argument("--password-file", help="file holding an HTTPS password")
+    a.add_argument("--token-file", help="file holding an HTTPS token")
+    a.add_argument("--ssh-key", help="SSH private key file")
+    a.add_argument("--known-hosts", help="known_hosts file for SSH host key checks")
+    k = sp.add_argument_group("cluster")
+    k.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, in-cluster)")
+    k.add_argument("--context", help="kubeconfig context")
+    k.add_argument("--state-namespace", help="where app state Secrets live")
+    k.add_argument("--cache-dir", help="Git checkout cache (default: ~/.cache/gitsync/git)")
+    sp.add_argument("--log-format", choices=["json", "console"], help="log format")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="gitsync",
@@ -28,48 +66,40 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"gitsync {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def app_args(sp: argparse.ArgumentParser) -> None:
-        g = sp.add_argument_group("app (from a config file, or from flags)")
-        g.add_argument("--config", help="config file (see README: config reference)")
-        g.add_argument("--app", help="app name; with --config, which app (default: all)")
-        g.add_argument("--repo", help="Git URL: https://, ssh://, git://, file://")
-        g.add_argument("--ref", default="main", help="branch, tag or commit (default: main)")
-        g.add_argument("--path", default=".", help="directory inside the repo (default: .)")
-        g.add_argument("--namespace", default="default", help="default namespace for objects")
-        g.add_argument("--no-prune", action="store_true", help="never delete objects")
-        a = sp.add_argument_group("Git credentials")
-        a.add_argument("--username", help="HTTPS user name")
-        a.add_argument("--password-file", help="file holding an HTTPS password")
-        a.add_argument("--token-file", help="file holding an HTTPS token")
-        a.add_argument("--ssh-key", help="SSH private key file")
-        a.add_argument("--known-hosts", help="known_hosts file for SSH host key checks")
-        k = sp.add_argument_group("cluster")
-        k.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, in-cluster)")
-        k.add_argument("--context", help="kubeconfig context")
-        k.add_argument("--state-namespace", help="where app state Secrets live")
-        k.add_argument("--cache-dir", help="Git checkout cache (default: ~/.cache/gitsync/git)")
-        sp.add_argument("--log-format", choices=["json", "console"], help="log format")
-
     r = sub.add_parser("render", help="print the rendered manifests (YAML)")
     r.add_argument("--show-secrets", action="store_true", help="print Secret values instead of ***")
-    app_args(r)
+    _app_args(r)
     d = sub.add_parser("diff", help="show what a sync would change; exit 1 if anything")
-    app_args(d)
+    _app_args(d)
     s = sub.add_parser("sync", help="run the pipeline once")
     s.add_argument("--once", action="store_true", help="run once and exit (the only mode)")
     s.add_argument(
         "--force", action="store_true", help="apply the commit even if it is quarantined"
     )
-    app_args(s)
-    st = sub.add_parser("status", help="show the app's recorded revision and inventory")
-    app_args(st)
+    _app_args(s)
+    st = sub.add_parser("status", help="show the app's recorded revision, health and drift")
+    st.add_argument(
+        "--watch", action="store_true", help="redraw every 2 s as things change (Ctrl-C quits)"
+    )
+    st.add_argument("--json", action="store_true", help="print what /api/apps serves, as JSON")
+    _app_args(st)
     li = sub.add_parser(
         "lint", help="validate a local manifest directory offline; no cluster, no Git"
     )
-    li.add_argument("directory", help="directory of YAML/JSON manifests or a kustomization")
+    li.add_argument(
+        "directory", help="directory of YAML/JSON manifests, a kustomization or a Helm chart"
+    )
     li.add_argument("--repo-root", help="outermost directory paths may use (default: DIRECTORY)")
     li.add_argument("--namespace", default="default", help="default namespace for objects")
     li.add_argument("--strict", action="store_true", help="exit 1 on lint warnings too")
+    li.add_argument(
+        "--values",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a Helm values file for a chart directory, relative to it (repeatable)",
+    )
+    _limit_args(li)
     li.add_argument("--log-format", choices=["json", "console"], help="log format")
     rn = sub.add_parser("run", help="run the controller: sync every app on its interval")
     rn.add_argument("--config", required=True, help="config file (see docs/deploy.md)")
@@ -77,6 +107,21 @@ def _parser() -> argparse.ArgumentParser:
     rn.add_argument("--context", help="kubeconfig context")
     rn.add_argument("--log-format", choices=["json", "console"], help="log format")
     return p
+
+
+def _limit_args(li: argparse.ArgumentParser) -> None:
+    lim = li.add_argument_group("limits (also read from --config; see apps[].allowedNamespaces)")
+    lim.add_argument("--config", help="config file: check against an app's limits")
+    lim.add_argument("--app", help="with --config, which app (default: the only one)")
+    lim.add_argument(
+        "--allowed-namespace",
+        action="append",
+        metavar="GLOB",
+        help="a namespace (name or glob) objects may be in; repeat for more",
+    )
+    lim.add_argument(
+        "--cluster-scoped", metavar="deny|KIND,...", help="cluster-scoped kinds allowed"
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -116,6 +161,9 @@ def _apps(args: argparse.Namespace) -> tuple[list[Any], str, str]:
         if not apps:
             msg = f"{args.config}: no app named {args.app!r}"
             raise ConfigError(msg)
+        if args.verify_keys:
+            keys = config.VerifyConfig(keys=args.verify_keys)
+            apps = [a.model_copy(update={"verify": keys}) for a in apps]
         return apps, cfg.state_namespace, cfg.cache_dir
     if not args.repo:
         msg = "give --config FILE or --repo URL (see gitsync COMMAND --help)"
@@ -129,6 +177,8 @@ def _apps(args: argparse.Namespace) -> tuple[list[Any], str, str]:
                 "path": args.path,
                 "namespace": args.namespace,
                 "prune": not args.no_prune,
+                "allowInsecure": args.allow_insecure,
+                **({"verify": {"keys": args.verify_keys}} if args.verify_keys else {}),
             }
         ]
     }
@@ -222,6 +272,8 @@ def _diff(args: argparse.Namespace) -> int:
             if change.action is Action.UPDATE:
                 for d in change.diff:
                     print(f"    {d.path}: {_fmt(d.live)} → {_fmt(d.desired)}")
+                for conflict in change.conflicts:
+                    print(f"    takes back from {conflict}")
         counts = prep.plan.counts()
         print(
             f"  {counts['create']} to create, {counts['update']} to update, "
@@ -236,12 +288,12 @@ def _sync(args: argparse.Namespace) -> int:
     apps, state_ns, cache = _apps(args)
     ctx = _context(args, state_ns, cache)
     progress = _progress_bar() if sys.stdout.isatty() else None
-    failed = False
+    code = EXIT_OK
     for app in apps:
         result = sync_app(app, ctx, progress=progress, force=args.force)
         c = result.counts
-        if result.result in ("failed", "rolled-back"):
-            failed = True
+        if result.result in ("failed", "rolled-back", "degraded", "timed-out"):
+            code = max(code, _sync_exit_code(result))
             back = (
                 f" (rolled back to {result.rolled_back_to[:12]})" if result.rolled_back_to else ""
             )
@@ -257,7 +309,12 @@ def _sync(args: argparse.Namespace) -> int:
         )
         if result.prune_guard:
             print(f"  prune skipped: {result.prune_guard}")
-    return EXIT_DIFF if failed else EXIT_OK
+    return code
+
+
+def _sync_exit_code(result: Any) -> int:
+    """2 when the commit was refused before any write (fetch, render, dry-run), else 1."""
+    return EXIT_ERROR if result.refused else EXIT_DIFF
 
 
 def _progress_bar() -> Any:
@@ -276,42 +333,75 @@ def _progress_bar() -> Any:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from gitsync import inventory
+    from gitsync import inventory, overview
+    from gitsync.drift import scan
 
     apps, state_ns, cache = _apps(args)
     ctx = _context(args, state_ns, cache)
-    for app in apps:
-        st = inventory.read_state(ctx.kube, app=app.name, namespace=ctx.state_namespace)
-        print(f"app:              {app.name}")
-        print(f"revision:         {st.revision or '(never synced)'}")
-        print(f"healthy revision: {st.healthy_revision or '(none)'}")
-        print(f"quarantined:      {', '.join(st.quarantined) or '(none)'}")
-        print(f"inventory:        {len(st.inventory)} object(s)")
-        if st.history:
-            last = st.history[-1]
-            reason = f" ({last.reason})" if last.reason else ""
-            print(f"last sync:        {last.result} {last.sha[:12]} at {last.time}{reason}")
-        _print_drift(ctx, app)
+    commits = overview.CommitLookup(ctx.cache_dir)
+
+    def collect() -> list[Any]:
+        out = []
+        for app in apps:
+            st = inventory.read_state(ctx.kube, app=app.name, namespace=ctx.state_namespace)
+            # Current drift from one LIST per managed kind (the controller reports it live).
+            drift = scan(ctx.kube, app, state_namespace=ctx.state_namespace)
+            out.append(overview.build(app, st, drift=drift, commits=commits.for_repo(app.repo)))
+        return out
+
+    if args.watch:
+        return _watch(lambda: _status_text(collect(), as_json=args.json))
+    print(_status_text(collect(), as_json=args.json), end="")
     return EXIT_OK
 
 
-def _print_drift(ctx: Any, app: Any) -> None:
-    """Current drift from one LIST per managed kind (the controller reports it live)."""
-    from gitsync.drift import scan
+def _status_text(apps: list[Any], *, as_json: bool) -> str:
+    from gitsync import ui
 
-    drift = scan(ctx.kube, app, state_namespace=ctx.state_namespace)
-    print(f"drift:            {len(drift)} field(s) on {len(drift.objects)} object(s)")
-    for report in drift:
-        print(f"  {report.ref}: {report.summary()}")
+    if as_json:
+        return json.dumps({"apps": [a.to_json() for a in apps]}, sort_keys=True, indent=1) + "\n"
+    return ui.render_text(apps)
+
+
+WATCH_INTERVAL = 2.0
+_CLEAR = "\x1b[H\x1b[2J"
+
+
+def _watch(frame: Any, *, interval: float = WATCH_INTERVAL) -> int:
+    """Poll every ``interval`` s, redraw the whole screen when the text changes; Ctrl-C: 0."""
+    import time
+    from datetime import UTC, datetime
+
+    from gitsync.errors import GitSyncError
+
+    shown = None
+    try:
+        while True:
+            try:
+                text = frame()
+            except GitSyncError as e:  # the API away for a moment: say so, keep polling
+                text = f"error: {e}\n"
+            if text != shown:
+                now = datetime.now(UTC).strftime("%H:%M:%S UTC")
+                head = f"gitsync status --watch · every {interval:g}s · at {now} · Ctrl-C quits"
+                sys.stdout.write(f"{_CLEAR}{head}\n\n{text}")
+                sys.stdout.flush()
+                shown = text
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        return EXIT_OK
 
 
 def _lint(args: argparse.Namespace) -> int:
-    """Render with the built-in kind table: the checks a sync would make before any call.
+    """Render with the built-in kind table: the checks a sync would make before any call,
+    the app's limits (namespaces, cluster-scoped kinds) included.
 
     Kinds the table does not know (custom resources of CRDs not in the set) are reported
     as unknown, as they would be by a cluster that lacks their CRD.
     """
-    from gitsync.render import StaticKinds, render
+    from gitsync.limits import violations
+    from gitsync.render import HelmSettings, StaticKinds, render
 
     directory = Path(args.directory).resolve()
     root = Path(args.repo_root).resolve() if args.repo_root else directory
@@ -321,11 +411,45 @@ def _lint(args: argparse.Namespace) -> int:
         default_namespace=args.namespace,
         app_name="lint",
         kinds=StaticKinds(),
+        helm=HelmSettings(values_files=tuple(args.values)) if args.values else None,
     )
     for warning in manifests.warnings:
         print(f"warning: {warning}")
-    print(f"{len(manifests)} object(s) OK, {len(manifests.warnings)} warning(s)")
+    refused = violations(manifests, _lint_limits(args))
+    for problem in refused:
+        print(f"error: {problem}")
+    print(f"{len(manifests) - len(refused)} object(s) OK, {len(manifests.warnings)} warning(s)")
+    if refused:
+        print(f"{len(refused)} object(s) outside the app's limits: a sync would refuse them")
+        return EXIT_DIFF
     return EXIT_DIFF if args.strict and manifests.warnings else EXIT_OK
+
+
+def _lint_limits(args: argparse.Namespace) -> Any:
+    """The app's limits from --config, narrowed by the flags. The scope of each kind is
+    known offline (built-in table, CRDs in the set), so lint checks what a sync would."""
+    from gitsync import config
+    from gitsync.errors import ConfigError
+    from gitsync.limits import Limits
+
+    limits = Limits()
+    if args.config:
+        cfg = config.load(args.config)
+        apps = [a for a in cfg.apps if not args.app or a.name == args.app]
+        if len(apps) != 1:
+            msg = f"{args.config}: name one app with --app (have {[a.name for a in cfg.apps]})"
+            raise ConfigError(msg)
+        limits = apps[0].limits
+    if args.allowed_namespace:
+        limits = replace(limits, namespaces=tuple(args.allowed_namespace))
+    if args.cluster_scoped:
+        kinds = args.cluster_scoped.strip()
+        if kinds == "deny":
+            limits = replace(limits, cluster_kinds="deny")
+        else:
+            listed = tuple(k.strip() for k in kinds.split(",") if k.strip())
+            limits = replace(limits, cluster_kinds=listed)
+    return limits
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -16,14 +16,19 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from gitsync.errors import ConfigError
+from gitsync.helm import HelmSettings
+from gitsync.limits import Limits
 from gitsync.yamlread import ReadError, ReadLimits, read_first
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
+PLAINTEXT_SCHEMES = frozenset({"http", "git"})
+_GLOB = re.compile(r"^[a-z0-9*?\[\]-]{1,63}$")
 _NAME = re.compile(r"^[a-z0-9]([-a-z0-9]{0,50}[a-z0-9])?$")
 
 
@@ -61,6 +66,41 @@ class AuthConfig(_Model):
     secret_ref: str = Field(alias="secretRef")
 
 
+class VerifyConfig(_Model):
+    """Trusted signers of the synced commit (or annotated tag): a Secret with ``pgp.asc``
+    (armored OpenPGP public keys) and/or ``allowed_signers`` (ssh-keygen's format); the
+    CLI may give a local file or directory instead (``keys``)."""
+
+    secret_ref: str | None = Field(default=None, alias="secretRef")
+    keys: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> VerifyConfig:
+        if (self.secret_ref is None) == (self.keys is None):
+            msg = "give exactly one of secretRef or keys"
+            raise ValueError(msg)
+        return self
+
+
+class SecretKeyRef(_Model):
+    """One key of a Secret in the controller's namespace (``stateNamespace``)."""
+
+    name: str
+    key: str = "secret"
+
+
+class AppWebhookConfig(_Model):
+    """This app's own webhook HMAC secret (``secretRef: NAME`` or ``{name, key}``);
+    it replaces ``controller.webhook``'s secret for ``POST /hooks/<app>``."""
+
+    secret_ref: SecretKeyRef = Field(alias="secretRef")
+
+    @field_validator("secret_ref", mode="before")
+    @classmethod
+    def _name_only(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+
 class PruneConfig(_Model):
     enabled: bool = True
     allow_empty: bool = Field(default=False, alias="allowEmpty")
@@ -81,8 +121,52 @@ class IgnoreRule(_Model):
     pointer: str = Field(alias="jsonPointer")
 
 
+class HelmConfig(_Model):
+    """``helm template`` settings for an app whose path is a chart directory."""
+
+    release_name: str | None = Field(default=None, alias="releaseName")
+    namespace: str | None = None
+    values: dict[str, Any] = Field(default_factory=dict)
+    # Relative to the chart directory; render checks each stays inside the repository.
+    values_files: tuple[str, ...] = Field(default=(), alias="valuesFiles")
+
+    @field_validator("release_name")
+    @classmethod
+    def _release(cls, v: str | None) -> str | None:
+        if v is not None and not _NAME.match(v):
+            msg = f"{v!r} must be a DNS label of at most 52 characters (a Helm release name)"
+            raise ValueError(msg)
+        return v
+
+    @field_validator("values_files")
+    @classmethod
+    def _values_files(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for entry in v:
+            if not entry or "://" in entry or Path(entry).is_absolute():
+                msg = f"{entry!r} must be a relative path inside the repository"
+                raise ValueError(msg)
+        return v
+
+
+class ServiceAccountRef(_Model):
+    """The ServiceAccount an app's requests impersonate (``apps[].serviceAccount``)."""
+
+    name: str
+    namespace: str
+
+    @property
+    def username(self) -> str:
+        return f"system:serviceaccount:{self.namespace}:{self.name}"
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
 class AppConfig(_Model):
     name: str
+    # Before ``repo``, whose validator reads it: http:// and git:// let anyone on the
+    # network path choose what is applied.
+    allow_insecure: bool = Field(default=False, alias="allowInsecure")
     repo: str
     ref: str = Field(default="main", alias="branch")
     path: str = "."
@@ -94,6 +178,54 @@ class AppConfig(_Model):
     rollback: RollbackConfig = RollbackConfig()
     auth: AuthConfig | None = None
     ignore: tuple[IgnoreRule, ...] = ()
+    # Other gitsync apps whose objects this app may take over (default: none).
+    adopt_from: tuple[str, ...] = Field(default=(), alias="adoptFrom")
+    helm: HelmConfig | None = None
+
+    @property
+    def helm_settings(self) -> HelmSettings | None:
+        """What render gives ``helm template`` (None: no ``helm`` section)."""
+        if self.helm is None:
+            return None
+        return HelmSettings(
+            release_name=self.helm.release_name or "",
+            namespace=self.helm.namespace or "",
+            values=self.helm.values,
+            values_files=self.helm.values_files,
+        )
+
+    verify: VerifyConfig | None = None
+    webhook: AppWebhookConfig | None = None
+
+    # Who the app's requests run as (default: gitsync itself).
+    service_account: ServiceAccountRef | None = Field(default=None, alias="serviceAccount")
+    # Namespaces (names or globs) the app may write in; None: any.
+    allowed_namespaces: tuple[str, ...] | None = Field(default=None, alias="allowedNamespaces")
+    # Cluster-scoped kinds the app may write: "deny", a list of kinds, or None: any.
+    cluster_scoped: Literal["deny"] | tuple[str, ...] | None = Field(
+        default=None, alias="clusterScoped"
+    )
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(namespaces=self.allowed_namespaces, cluster_kinds=self.cluster_scoped)
+
+    @field_validator("allowed_namespaces")
+    @classmethod
+    def _globs(cls, v: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        for pattern in v or ():
+            if not _GLOB.match(pattern):
+                msg = f"{pattern!r} is not a namespace name or glob (letters, digits, -, *, ?)"
+                raise ValueError(msg)
+        return v
+
+    @field_validator("cluster_scoped", mode="before")
+    @classmethod
+    def _kinds(cls, v: Any) -> Any:
+        if isinstance(v, str) and v != "deny":
+            msg = f"{v!r}: give 'deny' or a list of kinds (e.g. [Namespace, ClusterRole])"
+            raise ValueError(msg)
+        return v
 
     @field_validator("name")
     @classmethod
@@ -116,12 +248,18 @@ class AppConfig(_Model):
             raise ValueError(msg)
         return v
 
-
-class SecretKeyRef(_Model):
-    """One key of a Secret in the controller's namespace (``stateNamespace``)."""
-
-    name: str
-    key: str = "secret"
+    @field_validator("repo")
+    @classmethod
+    def _plaintext(cls, v: str, info: ValidationInfo) -> str:
+        scheme = v.split("://", 1)[0].lower() if "://" in v else ""
+        if scheme in PLAINTEXT_SCHEMES and not info.data.get("allow_insecure"):
+            msg = (
+                f"{scheme}:// is unencrypted and unauthenticated, so anyone on the "
+                "network path chooses what is applied; use https:// or ssh://, or set "
+                "allowInsecure: true on this app (--allow-insecure on the command line)"
+            )
+            raise ValueError(msg)
+        return v
 
 
 class WebhookConfig(_Model):
@@ -181,6 +319,10 @@ class ControllerConfig(_Model):
     jitter: float = Field(default=0.1, ge=0.0, le=0.5)
     stuck_after: Duration | None = Field(default=None, alias="stuckAfter")
     shutdown_timeout: Duration = Field(default=45.0, alias="shutdownTimeout")
+    # Rides out an API server or etcd restart; a dead API server still fails a sync.
+    api_retry_timeout: Duration = Field(default=60.0, alias="apiRetryTimeout")
+    # The read-only status page at / and its JSON at /api/apps (gitsync.ui).
+    ui: bool = True
 
     @field_validator("listen")
     @classmethod

@@ -23,8 +23,10 @@ import os
 import random
 import shutil
 import signal
+import sys
 import threading
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,18 +37,21 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from gitsync import events, inventory, log, metrics
+from gitsync import events, gitcache, inventory, log, metrics, overview, ui
 from gitsync.config import AppConfig, GitSyncConfig
 from gitsync.credentials import CredentialStore, read_secret, secret_ref
-from gitsync.drift import DriftWatcher
+from gitsync.drift import DriftReport, DriftWatcher
 from gitsync.errors import ConfigError, GitSyncError
 from gitsync.kube import Kube
 from gitsync.leader import LeaderElector, LeaseSpec, default_identity
 from gitsync.server import Server, WebhookSettings
-from gitsync.sync import Context, SyncResult, sync_app
+from gitsync.sync import Context, SyncResult, app_kube, sync_app
 
-FAILED_RESULTS = frozenset({"failed"})
+# Retried with backoff: "degraded" is a rollback that did not finish, "timed-out" a gate
+# that saw no failure yet (checked again soon rather than at the next interval).
+FAILED_RESULTS = frozenset({"failed", "degraded", "timed-out"})
 STUCK_AFTER_DEFAULT = 1800.0  # a gate plus a rollback gate at the default deadline, twice
+CACHE_GC_INTERVAL = 60.0  # seconds between Git cache GC passes (each walks the cache once)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -59,6 +64,8 @@ class _AppRunner:
     pending: bool = False
     failures: int = 0
     last_result: str = ""
+    last_finished: str = ""  # ISO time the last sync ended
+    last_error: str = ""
     last_event: tuple[str, str] = ("", "")
     drift: DriftWatcher | None = None
 
@@ -101,6 +108,46 @@ def load_webhook_secret(cfg: GitSyncConfig, kube: Kube) -> bytes | None:
     return value
 
 
+def load_app_webhook_secrets(cfg: GitSyncConfig, kube: Kube) -> dict[str, bytes]:
+    """Each ``apps[].webhook.secretRef``, read once at start; one error lists every problem."""
+    secrets: dict[str, bytes] = {}
+    problems = []
+    for i, app in enumerate(cfg.apps):
+        if app.webhook is None:
+            continue
+        ref = app.webhook.secret_ref
+        where = f"apps[{i}].webhook.secretRef"
+        try:
+            value = read_secret(kube, namespace=cfg.state_namespace, name=ref.name).get(ref.key)
+        except GitSyncError as e:
+            problems.append(f"{where}: {e}")
+            continue
+        if not (value or b"").strip():
+            problems.append(
+                f"{where}: Secret {cfg.state_namespace}/{ref.name} has no key {ref.key!r}"
+            )
+            continue
+        secrets[app.name] = (value or b"").strip()
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return secrets
+
+
+def webhook_settings(
+    cfg: GitSyncConfig, secret: bytes | None, app_secrets: Mapping[str, bytes]
+) -> WebhookSettings | None:
+    """Webhooks are on when ``controller.webhook`` or any app's ``webhook`` is configured."""
+    hook = cfg.controller.webhook
+    if secret is None and not app_secrets:
+        return None
+    return WebhookSettings(
+        secret=secret,
+        max_body_bytes=hook.max_body_bytes if hook is not None else 1_048_576,
+        app_secrets=dict(app_secrets),
+        app_repos={app.name: app.repo for app in cfg.apps},
+    )
+
+
 def check_references(cfg: GitSyncConfig, credentials: CredentialStore) -> None:
     """Every auth Secret exists and is usable, before anything runs: one error lists all."""
     problems = []
@@ -137,8 +184,12 @@ class Controller:
         kube: Kube,
         credentials: CredentialStore,
         webhook_secret: bytes | None,
+        app_webhook_secrets: Mapping[str, bytes] | None = None,
         identity: str | None = None,
+        lease_kube: Kube | None = None,
     ) -> None:
+        """``kube`` serves syncs and drift watches; the Lease uses ``lease_kube`` (by
+        default ``kube.dedicated()``), so renewals never wait for their connections."""
         self.cfg = cfg
         self.kube = kube
         self.credentials = credentials
@@ -153,6 +204,8 @@ class Controller:
         ctl = cfg.controller
         self.stuck_after = ctl.stuck_after or STUCK_AFTER_DEFAULT
         self.runners = {app.name: _AppRunner(app=app) for app in cfg.apps}
+        self._cache_gc_lock = threading.Lock()
+        self._cache_gc_due = 0.0
         self._started = time.monotonic()
         self.scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(max_workers=max(1, len(cfg.apps)))},
@@ -162,32 +215,46 @@ class Controller:
         election = ctl.leader_election
         self.elector: LeaderElector | None = None
         if election.enabled:
+            spec = LeaseSpec(
+                namespace=cfg.state_namespace,
+                name=election.lease_name,
+                identity=identity or default_identity(),
+                lease_duration=election.lease_duration,
+                renew_deadline=election.renew_deadline,
+                retry_period=election.retry_period,
+            )
             self.elector = LeaderElector(
-                kube,
-                LeaseSpec(
-                    namespace=cfg.state_namespace,
-                    name=election.lease_name,
-                    identity=identity or default_identity(),
-                    lease_duration=election.lease_duration,
-                    renew_deadline=election.renew_deadline,
-                    retry_period=election.retry_period,
-                ),
+                lease_kube or kube.dedicated(timeout=spec.renew_deadline),
+                spec,
                 on_started=self._start_leading,
                 on_lost=self._lost_leadership,
                 logger=self.log,
             )
+            # Fencing: past renewDeadline no write leaves this process, even before the
+            # elector (or its watchdog) has ended it.
+            kube.set_write_fence(self.elector.write_fence)
         self._elector_thread: threading.Thread | None = None
+        # Renewals go on while SIGTERM waits for running syncs: they still write.
+        self._elector_stop = threading.Event()
         self._leading = threading.Event()
-        webhook = (
-            WebhookSettings(secret=webhook_secret, max_body_bytes=ctl.webhook.max_body_bytes)
-            if webhook_secret is not None and ctl.webhook is not None
-            else None
-        )
+        webhook = webhook_settings(cfg, webhook_secret, app_webhook_secrets or {})
+        pages = None
+        if ctl.ui:
+            self.overview = overview.Overview(
+                cfg.apps,
+                kube=kube,
+                state_namespace=cfg.state_namespace,
+                commits=overview.CommitLookup(self.ctx.cache_dir),
+                runner=self.runner_view,
+                drift=self.drift_reports,
+            )
+            pages = ui.Pages(self.overview, leader=lambda: self.is_leader)
         self.server = Server(
             listen=ctl.listen,
             controller=self,
             webhook=webhook,
             logger=log.get(component="server"),
+            pages=pages,
         )
 
     # --- lifecycle -----------------------------------------------------------------------
@@ -200,6 +267,9 @@ class Controller:
         # APScheduler's own warnings (a skipped tick while a sync runs) are expected and
         # not JSON; our logs say what happened with each sync.
         logging.getLogger("apscheduler").setLevel(logging.ERROR)
+        # Renders and plans of many apps keep the GIL busy; a shorter switch interval lets
+        # the threads that wait on the network (the Lease renewal first) run sooner.
+        sys.setswitchinterval(0.001)
         self.server.start()
         self.scheduler.start(paused=True)
         self.log.info(
@@ -212,7 +282,10 @@ class Controller:
             self._start_leading()
         else:
             self._elector_thread = threading.Thread(
-                target=self.elector.run, args=(self.stopping,), name="gitsync-leader", daemon=True
+                target=self.elector.run,
+                args=(self._elector_stop,),
+                name="gitsync-leader",
+                daemon=True,
             )
             self._elector_thread.start()
         while not self.stopping.wait(1.0):
@@ -245,6 +318,7 @@ class Controller:
             self._exit_now(0)
         self._stop_drift_watchers()
         self.scheduler.shutdown(wait=False)
+        self._elector_stop.set()
         if self._elector_thread is not None:
             self._elector_thread.join(timeout=5)
         released = self.elector.release() if self.elector is not None else False
@@ -348,11 +422,24 @@ class Controller:
         )
         self._emit(runner, result)
         self._schedule_retry(runner, result)
+        self._collect_git_cache()
+
+    def _collect_git_cache(self) -> None:
+        """After a sync, at most once per ``CACHE_GC_INTERVAL``; never waits for another GC."""
+        if time.monotonic() < self._cache_gc_due or not self._cache_gc_lock.acquire(False):
+            return
+        try:
+            collect_git_cache(self.ctx.cache_dir, self.cfg.apps)
+            self._cache_gc_due = time.monotonic() + CACHE_GC_INTERVAL
+        finally:
+            self._cache_gc_lock.release()
 
     def _schedule_retry(self, runner: _AppRunner, result: SyncResult) -> None:
         app = runner.app
         with runner.lock:
             runner.last_result = result.result
+            runner.last_finished = overview.iso(datetime.now(UTC))
+            runner.last_error = result.error
             if result.result not in FAILED_RESULTS:
                 runner.failures = 0
                 return
@@ -382,6 +469,8 @@ class Controller:
                 True,
             ),
             "quarantined": ("Quarantined", f"{sha} is quarantined after a rollback; skipped", True),
+            "timed-out": ("HealthTimeout", result.error or "health gate timed out", True),
+            "degraded": ("Degraded", f"rollback from {sha} did not finish: {result.error}", True),
         }.get(result.result, ("Synced", result.result, False))
         # Keyed without the error text: it often carries timings that differ every try.
         key = (reason, result.revision)
@@ -403,8 +492,13 @@ class Controller:
             try:
                 # With selfHeal a watcher writes: one more reason it runs on the leader only.
                 # It keeps gitsync_drift_objects{app} itself.
+                # Watches and heals run as the app's ServiceAccount; state stays gitsync's.
                 runner.drift = DriftWatcher(
-                    self.kube, runner.app, self.cfg.state_namespace, log.get(app=runner.app.name)
+                    app_kube(runner.app, self.ctx),
+                    runner.app,
+                    self.cfg.state_namespace,
+                    log.get(app=runner.app.name),
+                    state_kube=self.kube,
                 )
                 runner.drift.start()
             except Exception as e:  # noqa: BLE001 - drift reports are optional, syncs are not
@@ -446,6 +540,31 @@ class Controller:
         job.modify(next_run_time=datetime.now(UTC))
         return "started"
 
+    def runner_view(self, name: str) -> overview.RunnerView | None:
+        """What this process knows about an app's job, for the status page; None on a
+        standby (its runners never ran)."""
+        runner = self.runners.get(name)
+        if runner is None or not self.is_leader:
+            return None
+        with runner.lock:
+            since = runner.running_since
+            view = overview.RunnerView(
+                running_seconds=time.monotonic() - since if since is not None else None,
+                last_result=runner.last_result,
+                last_finished=runner.last_finished,
+                last_error=runner.last_error,
+                failures=runner.failures,
+            )
+        job = self.scheduler.get_job(name) if self.scheduler.running else None
+        next_run = getattr(job, "next_run_time", None) if job is not None else None
+        return replace(view, next_poll=overview.iso(next_run))
+
+    def drift_reports(self, name: str) -> Sequence[DriftReport] | None:
+        """The drift the app's watcher publishes now; None when no watcher runs here."""
+        runner = self.runners.get(name)
+        watcher = runner.drift if runner is not None else None
+        return watcher.current() if watcher is not None else None
+
     def health(self) -> tuple[bool, dict[str, Any]]:
         alive = self._elector_thread is None or self._elector_thread.is_alive()
         alive = alive or self.stopping.is_set()
@@ -470,6 +589,7 @@ class Controller:
         if self.elector is not None:
             detail["identity"] = self.elector.spec.identity
             detail["holder"] = self.elector.holder()
+            detail["lease_renew_seconds"] = self.elector.renew_stats()
         problems = []
         if self.stopping.is_set():
             problems.append("shutting down")
@@ -485,6 +605,26 @@ class Controller:
         return not problems, detail
 
 
+def collect_git_cache(cache_dir: Path, apps: Sequence[AppConfig]) -> gitcache.CacheReport | None:
+    """Drop Git stores and trees no app needs and publish the cache size; logs, never raises."""
+    logger = log.get(component="git-cache")
+    try:
+        report = gitcache.collect(cache_dir, keep={(a.repo, a.ref) for a in apps})
+    except Exception as e:  # noqa: BLE001 - a cache problem must never stop the syncs
+        logger.warning("cache.gc_failed", error=f"{type(e).__name__}: {e}")
+        return None
+    metrics.GIT_CACHE_BYTES.set(report.bytes)
+    if report.removed_stores or report.removed_trees or report.repacked:
+        logger.info(
+            "cache.collected",
+            bytes=report.bytes,
+            removed_stores=report.removed_stores,
+            removed_trees=report.removed_trees,
+            repacked=report.repacked,
+        )
+    return report
+
+
 def _counts(result: SyncResult) -> str:
     c = result.counts
     return (
@@ -497,12 +637,20 @@ def main(*, config_path: str, kubeconfig: str | None = None, context: str | None
     from gitsync import config
 
     cfg = config.load(config_path)  # before any connection: a bad file touches nothing
-    kube = Kube.connect(kubeconfig=kubeconfig, context=context)
+    kube = Kube.connect(
+        kubeconfig=kubeconfig, context=context, retry_budget=cfg.controller.api_retry_timeout
+    )
     credentials = CredentialStore.create(kube=kube, namespace=cfg.state_namespace)
     try:
         check_references(cfg, credentials)
         secret = load_webhook_secret(cfg, kube)
-        controller = Controller(cfg, kube=kube, credentials=credentials, webhook_secret=secret)
+        controller = Controller(
+            cfg,
+            kube=kube,
+            credentials=credentials,
+            webhook_secret=secret,
+            app_webhook_secrets=load_app_webhook_secrets(cfg, kube),
+        )
         controller.install_signal_handlers()
         return controller.run()
     finally:

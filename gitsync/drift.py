@@ -16,19 +16,19 @@ fight with someone, and stops (``drift.fight``). ``scan`` is the same compare, o
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import heapq
 import itertools
 import queue
 import threading
 import time
+import zlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
-from gitsync import events, inventory, log, metrics
+from gitsync import events, ignores, inventory, log, metrics, statestore
 from gitsync.config import AppConfig
 from gitsync.drift_compare import (
     EXPECTED_MANAGERS,
@@ -46,13 +46,13 @@ from gitsync.drift_compare import (
     writers,
     written_at,
 )
-from gitsync.errors import KubeError, NotFoundError
+from gitsync.errors import KubeError, NotFoundError, StateError
 from gitsync.fields import content_hash
 from gitsync.inventory import AppState
 from gitsync.kube import Kube, WatchCancel
-from gitsync.model import APP_LABEL, Identity, KubeObject, ObjectRef
+from gitsync.model import APP_LABEL, Identity, KubeObject, ObjectRef, field_manager
 
-STATE_LABEL: Final = "gitsync.io/state-of"
+STATE_LABEL: Final = statestore.STATE_LABEL
 
 KindKey: TypeAlias = tuple[str, str]
 _STATE: Final[KindKey] = ("", "(state)")
@@ -117,15 +117,21 @@ class _Stop:
 _Message: TypeAlias = _Listed | _Changed | _NewIntents | _Resume | _Stop
 
 
-def state_from_secret(secret: Mapping[str, Any]) -> AppState | None:
-    """Decode the app state a state Secret carries; None if it carries none."""
-    data = (secret.get("data") or {}).get(inventory.STATE_KEY)
-    if not data:
+def read_intent(kube: Kube, app: str, state_namespace: str) -> tuple[AppState, str] | None:
+    """The app's stored state and when it was written; None if none is stored.
+
+    Read whole through the state store, never decoded from a watched head Secret: a
+    large state's head only points at chunk Secrets. Raises StateError if unreadable.
+    """
+    stored = statestore.load(kube, app=app, namespace=state_namespace)
+    if stored.head is None or stored.blob is None:
         return None
     try:
-        return inventory.decode(base64.b64decode(data).decode())
-    except (ValueError, KeyError, TypeError, OSError):
-        return None
+        state = inventory.decode(stored.blob, resource_version=stored.resource_version)
+    except (ValueError, KeyError, TypeError, zlib.error) as e:
+        msg = f"the state of app {app!r} in {state_namespace} is unreadable: {e}"
+        raise StateError(msg) from e
+    return state, written_at(stored.head)
 
 
 class _Stream:
@@ -242,8 +248,13 @@ class DriftWatcher:
         logger: Any = None,
         *,
         settings: DriftSettings | None = None,
+        state_kube: Kube | None = None,
     ) -> None:
+        # ``kube`` is the app's identity (its ServiceAccount, if any): watches and heals;
+        # ``state_kube`` is gitsync's own: the state stream, intents and Events.
         self.kube, self.app, self.state_namespace = kube, app, state_namespace
+        self.state_kube = state_kube or kube
+        self.manager = field_manager(app.name)
         self.settings = settings or DriftSettings()
         self.log = logger if logger is not None else log.get(app=app.name)
         self._queue: queue.Queue[_Message] = queue.Queue()
@@ -288,7 +299,11 @@ class DriftWatcher:
             group="", version="v1", kind="Secret", namespace=self.state_namespace, name=""
         )
         self._start_stream(
-            _STATE, state_ref, self.state_namespace, f"{STATE_LABEL}={self.app.name}"
+            _STATE,
+            state_ref,
+            self.state_namespace,
+            f"{STATE_LABEL}={self.app.name}",
+            kube=self.state_kube,
         )
         self.log.info("drift.watching", state_namespace=self.state_namespace)
 
@@ -342,9 +357,11 @@ class DriftWatcher:
 
     # --- worker ------------------------------------------------------------------------
 
-    def _start_stream(self, key: KindKey, ref: ObjectRef, namespace: str, selector: str) -> None:
+    def _start_stream(
+        self, key: KindKey, ref: ObjectRef, namespace: str, selector: str, kube: Kube | None = None
+    ) -> None:
         stream = _Stream(
-            kube=self.kube,
+            kube=kube or self.kube,
             ref=ref,
             key=key,
             namespace=namespace,
@@ -390,11 +407,17 @@ class DriftWatcher:
         secrets = message.items if isinstance(message, _Listed) else [message.obj]
         if isinstance(message, _Changed) and message.type == "DELETED":
             return  # keep the last known intent: a lost Secret is not a new desired state
-        for secret in secrets:
-            state = state_from_secret(secret)
-            if state is None or state.app != self.app.name:
-                continue
-            self._install(state.healthy_manifests, state.healthy_revision, written_at(secret))
+        head = inventory.secret_name(self.app.name)
+        if any((s.get("metadata") or {}).get("name") == head for s in secrets):
+            # The head changed: read the state it now stands for (it may be in chunks).
+            try:
+                found = read_intent(self.state_kube, self.app.name, self.state_namespace)
+            except (StateError, KubeError) as e:
+                self.log.warning("drift.state_unreadable", error=str(e))
+                found = None
+            if found is not None:
+                state, synced_at = found
+                self._install(state.healthy_manifests, state.healthy_revision, synced_at)
         if not self._state_known:
             self._state_known = True
             self._check_ready()
@@ -472,21 +495,14 @@ class DriftWatcher:
         """After a sync here: its state now, then a full compare, and heals if wanted."""
         if self._held():
             return
-        state_ref = ObjectRef(
-            group="",
-            version="v1",
-            kind="Secret",
-            namespace=self.state_namespace,
-            name=inventory.secret_name(self.app.name),
-        )
         try:
-            secret = self.kube.get(state_ref)
-        except KubeError as e:
+            found = read_intent(self.state_kube, self.app.name, self.state_namespace)
+        except (StateError, KubeError) as e:
             self.log.warning("drift.state_unreadable", error=str(e))
-            secret = None
-        state = state_from_secret(secret) if secret is not None else None
-        if secret is not None and state is not None:
-            self._install(state.healthy_manifests, state.healthy_revision, written_at(secret))
+            found = None
+        if found is not None:
+            state, synced_at = found
+            self._install(state.healthy_manifests, state.healthy_revision, synced_at)
         else:
             for ident in list(self._live):
                 self._evaluate(ident)
@@ -511,12 +527,16 @@ class DriftWatcher:
     def _since(self, ident: Identity) -> str:
         return max(self._synced_at, self._healed_at.get(ident, ""))
 
+    def _applied_since(self, ident: Identity, live: KubeObject) -> bool:
+        """gitsync applied ``live`` after the intent was recorded: a sync is on it."""
+        return gitsync_applied_at(live, manager=self.manager) > self._since(ident)
+
     def _evaluate(self, ident: Identity, before: KubeObject | None = None) -> None:
         intent = self._intents.get(ident)
         live = self._live.get(ident)
         if intent is None or live is None:
             return
-        if gitsync_wrote(before, live):
+        if gitsync_wrote(before, live, manager=self.manager):
             self._touched.add(ident)
         reports = compare(
             intent.obj,
@@ -526,7 +546,7 @@ class DriftWatcher:
             ignore=self.app.ignore,
             server_desired=lambda: self._dry_run(ident),
             autoscaled=self._autoscaled,
-            changed_by=writers(before, live),
+            changed_by=writers(before, live, manager=self.manager),
             expected_managers=self.settings.expected_managers,
         )
         self._publish(ident, self._hold_back(ident, live, reports))
@@ -541,7 +561,9 @@ class DriftWatcher:
             self._touched.discard(ident)  # the object agrees with the intent again
             return reports
         syncing = (
-            self._held() or ident in self._touched or gitsync_applied_at(live) > self._since(ident)
+            self._held()
+            or ident in self._touched
+            or gitsync_applied_at(live, manager=self.manager) > self._since(ident)
         )
         if not syncing:
             return reports
@@ -556,7 +578,9 @@ class DriftWatcher:
         if cached is not None and cached[0] == intent.digest:
             return cached[1]
         try:
-            result: KubeObject | None = self.kube.apply(intent.obj, dry_run=True)
+            result: KubeObject | None = self.kube.apply(
+                intent.obj, dry_run=True, manager=self.manager
+            )
         except KubeError as e:
             self.log.debug("drift.dry_run_failed", object=str(intent.ref), error=str(e))
             result = None
@@ -628,7 +652,7 @@ class DriftWatcher:
         uid = str((live.get("metadata") or {}).get("uid") or "")
         message = "drift from Git: " + "; ".join(r.summary() for r in reports)
         events.emit(
-            self.kube,
+            self.state_kube,
             involved=reports[0].ref,
             uid=uid,
             reason="Drift",
@@ -713,7 +737,9 @@ class DriftWatcher:
         if intent is None or not current or ident in self._fighting:
             return
         live = self._live.get(ident)
-        if self._held() or (live is not None and gitsync_applied_at(live) > self._since(ident)):
+        if self._held() or (
+            live is not None and gitsync_applied_at(live, manager=self.manager) > self._since(ident)
+        ):
             return  # a sync is applying this object right now; _resume() looks again
         now = time.monotonic()
         history = self._heals.setdefault(ident, deque())
@@ -733,7 +759,7 @@ class DriftWatcher:
             )
             if self.settings.emit_events:
                 events.emit(
-                    self.kube,
+                    self.state_kube,
                     involved=intent.ref,
                     reason="Drift",
                     message=(
@@ -745,13 +771,20 @@ class DriftWatcher:
                     fallback_namespace=self.state_namespace,
                 )
             return
+        # Healing reverts exactly what drift reported: what sync leaves alone, it does too.
+        body = intent.obj
+        if live is not None:
+            skipped = ignores.skipped(
+                body, live, rules=self.app.ignore, autoscaled=self._autoscaled(intent.ref)
+            )
+            body = ignores.without(body, skipped) if skipped else body
         try:
-            applied = self.kube.apply(intent.obj)
+            applied = self.kube.apply(body, manager=self.manager)
         except KubeError as e:
             self.log.error("drift.heal_failed", object=str(intent.ref), error=str(e))
             return
         history.append(now)
-        self._healed_at[ident] = gitsync_applied_at(applied)
+        self._healed_at[ident] = gitsync_applied_at(applied, manager=self.manager)
         self._touched.discard(ident)
         self.log.info(
             "drift.healed",
@@ -767,18 +800,10 @@ def scan(
 ) -> DriftSet:
     """The app's drift now, from one LIST per managed kind: ``gitsync status``."""
     settings = settings or DriftSettings()
-    state_ref = ObjectRef(
-        group="",
-        version="v1",
-        kind="Secret",
-        namespace=state_namespace,
-        name=inventory.secret_name(app.name),
-    )
-    secret = kube.get(state_ref)
-    state = state_from_secret(secret) if secret is not None else None
-    if secret is None or state is None:
+    found = read_intent(kube, app.name, state_namespace)
+    if found is None:
         return DriftSet()
-    synced_at = written_at(secret)
+    state, synced_at = found
     intents = {ObjectRef.of(o).identity(): o for o in state.healthy_manifests}
     live: dict[Identity, KubeObject] = {}
     kinds = {(r.group, r.kind): r for r in map(ObjectRef.of, intents.values())}
@@ -810,7 +835,7 @@ def scan(
 
         def dry_run(intent: KubeObject = intent) -> KubeObject | None:
             try:
-                return kube.apply(intent, dry_run=True)
+                return kube.apply(intent, dry_run=True, manager=field_manager(app.name))
             except KubeError:
                 return None
 

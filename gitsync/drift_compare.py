@@ -26,7 +26,14 @@ from datetime import UTC, datetime
 from typing import Any, Final, TypeAlias
 
 from gitsync.config import IgnoreRule
-from gitsync.model import DRIFT_ANNOTATION, FIELD_MANAGER, Identity, KubeObject, ObjectRef
+from gitsync.model import (
+    DRIFT_ANNOTATION,
+    FIELD_MANAGER,
+    Identity,
+    KubeObject,
+    ObjectRef,
+    field_manager,
+)
 
 MASK: Final = "***"
 ABSENT_TEXT: Final = "(absent)"
@@ -151,7 +158,7 @@ _PORT_KEYS: Final = (("containerPort", "protocol"), ("port", "protocol"))
 _SET_LISTS: Final = frozenset({"finalizers"})
 
 
-def _merge_key(name: str, items: list[Any]) -> tuple[str, ...]:
+def merge_key(name: str, items: list[Any]) -> tuple[str, ...]:
     """The fields that identify an item of list ``name``, or () if it is atomic."""
     if not items or not all(isinstance(it, dict) for it in items):
         return ()
@@ -248,7 +255,7 @@ def _list_differences(intent: list[Any], live: Any, parts: FieldPath) -> Iterato
         if missing:
             yield Difference(parts, intent, live)
         return
-    keys = _merge_key(name, intent)
+    keys = merge_key(name, intent)
     if not keys:
         if not _same(intent, live):
             yield Difference(parts, intent, live)
@@ -295,9 +302,9 @@ class Owner:
     subresource: str = ""
     time: str = ""
 
-    @property
-    def is_gitsync(self) -> bool:
-        return self.manager == FIELD_MANAGER
+    def is_gitsync(self, manager: str = FIELD_MANAGER) -> bool:
+        """Written by this app's gitsync manager (or the shared one older releases used)."""
+        return self.manager in (manager, FIELD_MANAGER)
 
 
 def _entries(obj: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -361,7 +368,9 @@ def owners(live: Mapping[str, Any], parts: FieldPath) -> list[Owner]:
     ]
 
 
-def writers(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> tuple[Owner, ...]:
+def writers(
+    before: Mapping[str, Any] | None, after: Mapping[str, Any], *, manager: str = FIELD_MANAGER
+) -> tuple[Owner, ...]:
     """Managers (not gitsync, not status writers) whose entry changed from one version to
     the next: the likely authors of a removal, which leaves no owner behind."""
     if before is None:
@@ -372,7 +381,7 @@ def writers(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> tuple
     out: list[Owner] = []
     for entry in _entries(after):
         owner = _owner(entry)
-        if owner.is_gitsync or owner.subresource == "status":
+        if owner.is_gitsync(manager) or owner.subresource == "status":
             continue
         prev = old.get((entry.get("manager"), entry.get("operation"), entry.get("subresource")))
         if (
@@ -384,13 +393,14 @@ def writers(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> tuple
     return tuple(out)
 
 
-def gitsync_applied_at(live: Mapping[str, Any]) -> str:
+def gitsync_applied_at(live: Mapping[str, Any], *, manager: str = FIELD_MANAGER) -> str:
     """When gitsync last changed this object with an apply ("" if never)."""
-    for entry in _entries(live):
-        owner = _owner(entry)
-        if owner.is_gitsync and owner.operation == "Apply" and not owner.subresource:
-            return owner.time
-    return ""
+    times = [
+        owner.time
+        for owner in map(_owner, _entries(live))
+        if owner.is_gitsync(manager) and owner.operation == "Apply" and not owner.subresource
+    ]
+    return max(times, default="")
 
 
 def _paths(node: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tuple[str, ...]]:
@@ -400,23 +410,26 @@ def _paths(node: Mapping[str, Any], prefix: tuple[str, ...] = ()) -> Iterator[tu
             yield from _paths(sub, (*prefix, key))
 
 
-def _gitsync_fields(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+def _gitsync_fields(obj: Mapping[str, Any], manager: str) -> Mapping[str, Any]:
     for entry in _entries(obj):
         owner = _owner(entry)
-        if owner.is_gitsync and owner.operation == "Apply" and not owner.subresource:
+        if owner.is_gitsync(manager) and owner.operation == "Apply" and not owner.subresource:
             fields = entry.get("fieldsV1")
             return fields if isinstance(fields, dict) else {}
     return {}
 
 
-def gitsync_wrote(before: Mapping[str, Any] | None, after: Mapping[str, Any]) -> bool:
+def gitsync_wrote(
+    before: Mapping[str, Any] | None, after: Mapping[str, Any], *, manager: str = FIELD_MANAGER
+) -> bool:
     """Whether gitsync itself applied between two versions of an object: its entry's time
     moved, or it owns a path it did not own before (nobody else can give it one)."""
     if before is None:
         return False
-    if gitsync_applied_at(after) != gitsync_applied_at(before):
+    if gitsync_applied_at(after, manager=manager) != gitsync_applied_at(before, manager=manager):
         return True
-    return not set(_paths(_gitsync_fields(after))) <= set(_paths(_gitsync_fields(before)))
+    now, then = _gitsync_fields(after, manager), _gitsync_fields(before, manager)
+    return not set(_paths(now)) <= set(_paths(then))
 
 
 def written_at(obj: Mapping[str, Any]) -> str:
@@ -643,6 +656,11 @@ def compare(
     if live is None:
         if ignored_by_annotation(intent) or any(rule_matches(r, ref, ()) for r in ignore):
             return []
+        if (
+            ref.kind == "Job"
+            and (intent.get("spec") or {}).get("ttlSecondsAfterFinished") is not None
+        ):
+            return []  # removed by its own TTL once finished: not drift
         return [deleted_report(intent, app=app, revision=revision, seen=seen)]
     if ignored_by_annotation(intent, live):
         return []
@@ -654,11 +672,16 @@ def compare(
         if not any(rule_matches(r, ref, d.parts) for r in ignore)
         and not (d.parts and d.parts[-1] in INJECTED_FIELDS)
     ]
-    mid_sync = bool(synced_at) and gitsync_applied_at(live) > synced_at
+    manager = field_manager(app)
+    mid_sync = bool(synced_at) and gitsync_applied_at(live, manager=manager) > synced_at
     attributed = [
         (d, found)
         for d in candidates
-        if (found := _attribute(live, d.parts, changed_by=changed_by, mid_sync=mid_sync))
+        if (
+            found := _attribute(
+                live, d.parts, changed_by=changed_by, mid_sync=mid_sync, manager=manager
+            )
+        )
         is not None
     ]
     dry: Mapping[str, Any] | None = None
@@ -703,11 +726,16 @@ def compare(
 
 
 def _attribute(
-    live: Mapping[str, Any], parts: FieldPath, *, changed_by: Sequence[Owner], mid_sync: bool
+    live: Mapping[str, Any],
+    parts: FieldPath,
+    *,
+    changed_by: Sequence[Owner],
+    mid_sync: bool,
+    manager: str,
 ) -> tuple[Owner | None, str] | None:
     """Who changed ``parts``, and how we know; None when it is not drift at all."""
     found = owners(live, parts)
-    others = [o for o in found if not o.is_gitsync]
+    others = [o for o in found if not o.is_gitsync(manager)]
     if found and not others:
         return None  # gitsync still owns it: normalized by the server, or a newer apply
     owner = _newest(others)
@@ -734,6 +762,7 @@ __all__ = [
     "deleted_report",
     "differences",
     "hpa_targets",
+    "merge_key",
     "owners",
     "path_text",
     "pointer_parts",

@@ -9,6 +9,7 @@
     │   ├── ConflictError     optimistic-concurrency or field-manager conflict
     │   └── InvalidError      422: invalid or immutable field
     ├── ApplyError           one or more objects failed to apply; carries each failure
+    ├── LimitError           a render writes outside the app's namespaces or kinds (file:line)
     ├── HealthTimeout        rollout did not become healthy in time
     └── StateError           the in-cluster state Secret is unreadable
 
@@ -41,13 +42,38 @@ class RenderError(GitSyncError):
         super().__init__(head + body)
 
 
-class KubeError(GitSyncError):
-    """The API server refused or failed a request."""
+# HTTP statuses that say "not now" rather than "not this": the API server or etcd is
+# restarting, overloaded (API Priority and Fairness answers 429) or timed out.
+TRANSIENT_STATUSES = frozenset({429, 500, 502, 503, 504})
 
-    def __init__(self, message: str, *, status: int = 0, reason: str = "") -> None:
+
+class KubeError(GitSyncError):
+    """The API server refused or failed a request.
+
+    ``status`` is the HTTP status (0 when no answer came); ``transient`` says whether the
+    same request could succeed later (kube.py already retried it for a while), so only a
+    non-transient 4xx is a rejection of the request's own content.
+    """
+
+    def __init__(
+        self, message: str, *, status: int = 0, reason: str = "", transient: bool | None = None
+    ) -> None:
         self.status = status
         self.reason = reason
+        self._transient = transient
         super().__init__(message)
+
+    @property
+    def transient(self) -> bool:
+        """True for 5xx, 429, timeouts and refused/reset connections."""
+        if self._transient is not None:
+            return self._transient
+        return self.status in TRANSIENT_STATUSES
+
+    @property
+    def permanent(self) -> bool:
+        """A 4xx that retrying cannot fix: the request (the commit's content) is wrong."""
+        return 400 <= self.status < 500 and not self.transient and self.status != 408
 
 
 class NotFoundError(KubeError):
@@ -69,6 +95,15 @@ class ApplyError(GitSyncError):
         self.failures = list(failures)
         lines = "\n".join(f"  - {ref}: {msg}" for ref, msg in failures)
         super().__init__(f"{len(failures)} object(s) failed to apply:\n{lines}")
+
+
+class LimitError(GitSyncError):
+    """Objects outside the app's ``allowedNamespaces`` / ``clusterScoped``: nothing written."""
+
+    def __init__(self, app: str, violations: list[str]) -> None:
+        self.violations = list(violations)
+        lines = "\n".join(f"  - {v}" for v in violations)
+        super().__init__(f"{len(violations)} object(s) outside the limits of app {app!r}:\n{lines}")
 
 
 class HealthTimeout(GitSyncError):

@@ -19,7 +19,7 @@ FieldsV1 = dict[str, Any]
 def apply_entry(obj: KubeObject, manager: str = FIELD_MANAGER) -> dict[str, Any] | None:
     """``manager``'s managedFields entry for Apply on the main resource, if any."""
     for entry in (obj.get("metadata") or {}).get("managedFields") or []:
-        if _is_apply_of(entry, manager):
+        if is_apply_of(entry, manager):
             found: dict[str, Any] = entry
             return found
     return None
@@ -105,22 +105,28 @@ def upgraded_managed_fields(obj: KubeObject, manager: str = FIELD_MANAGER) -> li
 
     Without this, fields an earlier `kubectl apply` (client-side) set stay owned by
     ``kubectl-client-side-apply`` and a later server-side apply that drops them from Git
-    never removes them: the equivalent of client-go's csaupgrade. None: nothing to do.
+    never removes them: the equivalent of client-go's csaupgrade. The shared ``gitsync``
+    manager of older releases is migrated the same way, so no field stays owned by a
+    manager nobody uses. None: nothing to do.
     """
     entries = (obj.get("metadata") or {}).get("managedFields") or []
     csa = [
         e
         for e in entries
-        if e.get("manager") in CLIENT_SIDE_MANAGERS
-        and e.get("operation") == "Update"
-        and not e.get("subresource")
+        if (
+            e.get("manager") in CLIENT_SIDE_MANAGERS
+            and e.get("operation") == "Update"
+            and not e.get("subresource")
+        )
+        # The shared manager of releases before per-app managers: nobody applies as it now.
+        or (manager != FIELD_MANAGER and is_apply_of(e, FIELD_MANAGER))
     ]
     if not csa:
         return None
     mine = managed_entry(obj, manager) or {}
     for entry in csa:
         mine = merge_fields(mine, entry.get("fieldsV1") or {})
-    kept = [e for e in entries if e not in csa and not _is_apply_of(e, manager)]
+    kept = [e for e in entries if e not in csa and not is_apply_of(e, manager)]
     template = csa[0]
     upgraded = {
         "manager": manager,
@@ -133,7 +139,7 @@ def upgraded_managed_fields(obj: KubeObject, manager: str = FIELD_MANAGER) -> li
     return [*kept, upgraded]
 
 
-def _is_apply_of(entry: dict[str, Any], manager: str) -> bool:
+def is_apply_of(entry: dict[str, Any], manager: str) -> bool:
     return (
         entry.get("manager") == manager
         and entry.get("operation") == "Apply"

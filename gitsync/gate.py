@@ -16,10 +16,9 @@ from typing import Any
 
 from gitsync import health
 from gitsync.errors import KubeError
-from gitsync.fields import apply_entry
 from gitsync.health import Health, Status
-from gitsync.kube import Kube, Resource
-from gitsync.model import Identity, KubeObject, ObjectRef
+from gitsync.kube import Kube, Resource, WatchCancel
+from gitsync.model import FIELD_MANAGER, Identity, KubeObject, ObjectRef
 
 DEFAULT_PROGRESS_DEADLINE = 600
 MARGIN_SECONDS = 30.0
@@ -50,6 +49,13 @@ class Verdict:
     seconds: float = 0.0
     # The wait was cut short by shutdown: no verdict on health either way.
     interrupted: bool = False
+    # Unchanged by the commit and already unhealthy before it: reported, never blamed.
+    preexisting: tuple[ObjectHealth, ...] = ()
+
+    @property
+    def timed_out(self) -> bool:
+        """Still progressing at the deadline, with no failure signal."""
+        return not self.healthy and not self.failed and not self.interrupted
 
     @property
     def culprit(self) -> ObjectHealth | None:
@@ -65,13 +71,27 @@ class Verdict:
 
 
 def default_timeout(objects: Iterable[KubeObject]) -> float:
-    """The largest Deployment progress deadline plus a margin."""
-    deadlines = [
-        (o.get("spec") or {}).get("progressDeadlineSeconds", DEFAULT_PROGRESS_DEADLINE)
-        for o in objects
-        if o.get("kind") == "Deployment"
-    ]
-    return float(max(deadlines, default=60)) + MARGIN_SECONDS
+    """The longest deadline any workload in the set gives itself, plus a margin.
+
+    Deployments and Jobs carry their own (``progressDeadlineSeconds``,
+    ``activeDeadlineSeconds``); StatefulSets and DaemonSets have none, so they get the
+    Deployment default stretched by ``minReadySeconds`` per replica.
+    """
+    deadlines = [_deadline(o) for o in objects]
+    return float(max((d for d in deadlines if d is not None), default=60)) + MARGIN_SECONDS
+
+
+def _deadline(obj: KubeObject) -> float | None:
+    spec = obj.get("spec") or {}
+    kind = obj.get("kind")
+    if kind == "Deployment":
+        return float(spec.get("progressDeadlineSeconds", DEFAULT_PROGRESS_DEADLINE))
+    if kind == "Job":
+        return float(spec.get("activeDeadlineSeconds", DEFAULT_PROGRESS_DEADLINE))
+    if kind in ("StatefulSet", "DaemonSet"):
+        replicas = int(spec.get("replicas", 1) or 1)
+        return DEFAULT_PROGRESS_DEADLINE + float(spec.get("minReadySeconds", 0)) * replicas
+    return None
 
 
 class _Watch(threading.Thread):
@@ -86,16 +106,21 @@ class _Watch(threading.Thread):
         *,
         out: queue.Queue[tuple[str, KubeObject]],
         stop: threading.Event,
+        cancel: WatchCancel,
     ) -> None:
         super().__init__(daemon=True, name=f"gate-watch-{res.kind}-{namespace}")
         self._kube, self._res, self._ns, self._rv = kube, res, namespace, rv
-        self._out, self._stop = out, stop
+        self._out, self._stop, self._cancel = out, stop, cancel
 
     def run(self) -> None:
         while not self._stop.is_set():
             try:
                 for etype, obj in self._kube.watch(
-                    self._res, namespace=self._ns, resource_version=self._rv, timeout_seconds=5
+                    self._res,
+                    namespace=self._ns,
+                    resource_version=self._rv,
+                    timeout_seconds=5,
+                    cancel=self._cancel,
                 ):
                     if self._stop.is_set():
                         return
@@ -110,12 +135,12 @@ class _Watch(threading.Thread):
                         obj.setdefault("kind", self._res.kind)
                         self._out.put((etype, obj))
             except KubeError:
-                time.sleep(0.5)
+                self._stop.wait(0.5)
             if not self._rv and not self._stop.is_set():
                 try:
                     items, self._rv = self._kube.list_objects(self._res, namespace=self._ns)
                 except KubeError:
-                    time.sleep(0.5)
+                    self._stop.wait(0.5)
                     continue
                 for obj in items:
                     self._out.put(("MODIFIED", obj))
@@ -135,7 +160,14 @@ class _Gate:
         # Server time of the newest apply: Pods created before it are not the new revision's.
         self.since = max((_applied_at(o) for o in objects), default="")
         self.events: queue.Queue[tuple[str, KubeObject]] = queue.Queue()
-        self.stop = threading.Event()
+        self._stop = threading.Event()
+        self._cancels: list[WatchCancel] = []
+
+    def close(self) -> None:
+        """End every watch thread now, even one blocked reading its stream."""
+        self._stop.set()
+        for cancel in self._cancels:
+            cancel.cancel()
 
     def judge(self) -> dict[Identity, Health]:
         out = {}
@@ -171,7 +203,9 @@ class _Gate:
             items, rv = self.kube.list_objects(res, namespace=ns)
             for item in items:
                 self.events.put(("MODIFIED", item))
-            _Watch(self.kube, res, ns, rv, out=self.events, stop=self.stop).start()
+            cancel = WatchCancel()
+            self._cancels.append(cancel)
+            _Watch(self.kube, res, ns, rv, out=self.events, stop=self._stop, cancel=cancel).start()
 
     def drain(self, wait: float) -> None:
         try:
@@ -207,21 +241,33 @@ def wait_healthy(
     on_progress: Progress | None = None,
     progress_every: float = 5.0,
     cancel: threading.Event | None = None,
+    unchanged: frozenset[Identity] = frozenset(),
 ) -> Verdict:
     """Block until all ``objects`` are Current (healthy), one is Failed, or time runs out.
 
     ``cancel`` (the controller's shutdown) ends the wait within a second with an
-    ``interrupted`` verdict, which is neither healthy nor a reason to roll back.
+    ``interrupted`` verdict, which is neither healthy nor a reason to roll back. Objects in
+    ``unchanged`` (the commit did not write them) that are already unhealthy when the wait
+    starts are set aside as ``preexisting``: a commit is judged on what it changed.
     """
     started = time.monotonic()
     gate = _Gate(kube, objects)
     verdicts = gate.judge()
+    preexisting = tuple(
+        ObjectHealth(ref=ObjectRef.of(gate.state[i]), health=h)
+        for i, h in sorted(verdicts.items())
+        if i in unchanged and h.status is not Status.CURRENT
+    )
+    for o in preexisting:
+        gate.state.pop(o.ref.identity())
+        verdicts.pop(o.ref.identity())
     counts = _counts(verdicts)
     if counts[Status.FAILED] or not counts[Status.IN_PROGRESS]:
-        return _verdict(gate.state, verdicts, started)
-    gate.watch(i for i, h in verdicts.items() if h.status is Status.IN_PROGRESS)
-    last_report = time.monotonic()
+        return replace(_verdict(gate.state, verdicts, started), preexisting=preexisting)
     try:
+        # Inside the try: a LIST failing after some watches started must still stop them.
+        gate.watch(i for i, h in verdicts.items() if h.status is Status.IN_PROGRESS)
+        last_report = time.monotonic()
         while (remaining := timeout - (time.monotonic() - started)) > 0:
             gate.drain(min(remaining, 1.0))
             verdicts = gate.judge()
@@ -229,20 +275,28 @@ def wait_healthy(
             if counts[Status.FAILED] or not counts[Status.IN_PROGRESS]:
                 break
             if cancel is not None and cancel.is_set():
-                return replace(_verdict(gate.state, verdicts, started), interrupted=True)
+                verdict = _verdict(gate.state, verdicts, started)
+                return replace(verdict, interrupted=True, preexisting=preexisting)
             if on_progress and time.monotonic() - last_report >= progress_every:
                 last_report = time.monotonic()
                 on_progress(
                     counts[Status.CURRENT], counts[Status.IN_PROGRESS], counts[Status.FAILED]
                 )
     finally:
-        gate.stop.set()
-    return _verdict(gate.state, verdicts, started)
+        gate.close()
+    return replace(_verdict(gate.state, verdicts, started), preexisting=preexisting)
 
 
 def _applied_at(obj: KubeObject) -> str:
-    entry = apply_entry(obj)
-    return str(entry.get("time", "")) if entry else ""
+    """When a gitsync manager (any app's) last applied ``obj``."""
+    times = [
+        str(e.get("time", ""))
+        for e in (obj.get("metadata") or {}).get("managedFields") or []
+        if e.get("operation") == "Apply"
+        and not e.get("subresource")
+        and str(e.get("manager", "")).partition("-")[0] == FIELD_MANAGER
+    ]
+    return max(times, default="")
 
 
 def _counts(verdicts: dict[Identity, Health]) -> dict[Status, int]:

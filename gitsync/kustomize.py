@@ -4,9 +4,11 @@ The repository is not trusted, and kustomize would happily read any path it is g
 and fetch remote bases. So before kustomize runs, every kustomization reachable from the
 app is read here and each path it names (resources, patches, generator files, …) must
 resolve inside the repository and exist; remote URLs are refused. kustomize then runs
-with ``LoadRestrictionsRootOnly``, no plugins, exec functions or Helm, a timeout, and
-its output capped. When the kustomization asks for origin annotations, each object is
-traced back to the ``file:line`` it came from.
+with ``LoadRestrictionsRootOnly``, no plugins or exec functions, a timeout, and its
+output capped. Helm is enabled only for a kustomization with ``helmCharts`` whose charts
+are all in the repository (``helm.check_helm_charts``), and then offline. When the
+kustomization asks for origin annotations, each object is traced back to the
+``file:line`` it came from.
 """
 
 from __future__ import annotations
@@ -20,12 +22,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from gitsync.helm import check_helm_charts, map_hooks, offline_env
 from gitsync.repofiles import decode, read_bytes, relative
 from gitsync.yamlread import (
+    Document,
     ReadError,
     ReadLimits,
     compose_all,
     construct,
+    flatten_list,
+    gc_paused,
     line_at,
     read_documents,
     read_first,
@@ -73,6 +79,16 @@ class Limits(Protocol):
         ...
 
     @property
+    def max_files(self) -> int:
+        """Files in a chart that helmCharts inflates."""
+        ...
+
+    @property
+    def helm_timeout(self) -> float:
+        """Seconds Helm may run (part of what kustomize runs)."""
+        ...
+
+    @property
     def reader(self) -> ReadLimits:
         """Each YAML document read."""
         ...
@@ -104,27 +120,40 @@ def build_kustomization(
     command: list[str],
     limits: Limits,
     problems: list[str],
+    helm_command: str | None = None,
 ) -> list[tuple[str, Any]]:
     """(source, object) for every object ``kustomize build`` prints for ``app``.
+
+    With ``helmCharts``, kustomize inflates the charts with ``helm_command``, and their
+    hooks become waves as for a chart app.
 
     The source is ``file:line`` when the kustomization asks for origin annotations and
     the object can be found in its file, else the kustomization and the document number.
     """
-    _check_kustomizations(app, repo, limits, problems)
+    uses_helm = _check_kustomizations(app, repo, limits, problems)
+    shown = relative(kustomization, repo)
+    if uses_helm and helm_command is None:
+        problems.append(
+            f"{shown}:1: the kustomization inflates helmCharts, but no helm command was found "
+            "on PATH; install Helm v3 (the gitsync image has it)."
+        )
     if problems:
         return []  # never run kustomize on a tree that reaches outside the repository
-    shown = relative(kustomization, repo)
-    text = _run_kustomize(command, app, shown, limits, problems)
+    text = _run_kustomize(
+        command, app, shown, limits, problems, helm=helm_command if uses_helm else None
+    )
     if text is None:
         return []
     try:
-        roots = list(compose_all(text, limits.reader))
+        with gc_paused():
+            roots = list(compose_all(text, limits.reader))
     except ReadError as e:
         problems.append(
             f"{shown}:1: kustomize printed unreadable YAML (line {e.line}): {e.message}"
         )
         return []
     docs: list[tuple[str, Any]] = []
+    number = 0
     origins = _OriginIndex(app=app, repo=repo, limits=limits)
     for root in roots:
         try:
@@ -134,14 +163,21 @@ def build_kustomization(
             continue
         if obj is None:
             continue
-        number = len(docs) + 1
-        source = origins.source(obj) or f"{shown} (kustomize output doc {number})"
-        docs.append((source, obj))
-    return docs
+        number += 1
+        where = f"{shown} (kustomize output doc {number})"
+        items, errors = flatten_list(Document(value=obj, line=1))
+        problems.extend(f"{where}: {e.message}" for e in errors)
+        for item in items:
+            docs.append((origins.source(item.value) or where, item.value))
+    return map_hooks(docs) if uses_helm else docs
 
 
-def _check_kustomizations(app: Path, repo: Path, limits: Limits, problems: list[str]) -> None:
-    """Every path any reachable kustomization names stays inside ``repo``, no remote URLs."""
+def _check_kustomizations(app: Path, repo: Path, limits: Limits, problems: list[str]) -> bool:
+    """Every path any reachable kustomization names stays inside ``repo``, no remote URLs.
+
+    Returns whether any of them inflates Helm charts.
+    """
+    uses_helm = False
     queue = [app]
     seen: set[Path] = set()
     while queue:
@@ -168,6 +204,15 @@ def _check_kustomizations(app: Path, repo: Path, limits: Limits, problems: list[
         if not isinstance(spec, dict):
             problems.append(f"{shown}:1: a kustomization must be a mapping.")
             continue
+        uses_helm |= check_helm_charts(
+            spec,
+            root,
+            directory=directory,
+            repo=repo,
+            shown=shown,
+            limits=limits,
+            problems=problems,
+        )
         for where, entry, field_name in _kustomization_paths(spec):
             line = line_at(root, *where) or line_at(root, where[0]) or 1
             target = _check_path(
@@ -180,6 +225,7 @@ def _check_kustomizations(app: Path, repo: Path, limits: Limits, problems: list[
             )
             if target is not None and field_name in _KUSTOMIZATION_DIRS and target.is_dir():
                 queue.append(target)
+    return uses_helm
 
 
 def _kustomization_paths(spec: dict[str, Any]) -> Iterator[tuple[tuple[str | int, ...], str, str]]:
@@ -255,12 +301,20 @@ def _check_path(
 
 
 def _run_kustomize(
-    command: list[str], app: Path, shown: str, limits: Limits, problems: list[str]
+    command: list[str],
+    app: Path,
+    shown: str,
+    limits: Limits,
+    problems: list[str],
+    *,
+    helm: str | None = None,
 ) -> str | None:
-    # Plugins, exec functions and Helm stay off: those flags are never passed.
-    argv = [*command, "--load-restrictor", "LoadRestrictionsRootOnly", str(app)]
+    # Plugins and exec functions stay off: those flags are never passed. Helm only for
+    # checked helmCharts, offline, in a private home.
+    flags = ["--enable-helm", "--helm-command", helm] if helm else []
+    argv = [*command, "--load-restrictor", "LoadRestrictionsRootOnly", *flags, str(app)]
     # Output goes to a file so a runaway build cannot fill memory before the size check.
-    with tempfile.TemporaryFile() as out:
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryDirectory() as home:
         try:
             proc = subprocess.run(
                 argv,
@@ -269,6 +323,7 @@ def _run_kustomize(
                 stdin=subprocess.DEVNULL,
                 timeout=limits.kustomize_timeout,
                 check=False,
+                env=offline_env(Path(home)) if helm else None,
             )
         except FileNotFoundError:
             problems.append(
@@ -365,7 +420,7 @@ class _OriginIndex:
         except ReadError:
             return []
         index = []
-        for doc in docs:
+        for doc in (item for whole in docs for item in flatten_list(whole)[0]):
             if isinstance(doc.value, dict):
                 meta = doc.value.get("metadata")
                 name = meta.get("name") if isinstance(meta, dict) else None

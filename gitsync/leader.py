@@ -2,12 +2,19 @@
 
 Only the holder of the Lease writes to the cluster. The holder renews every
 ``retry_period``; if it cannot renew for ``renew_deadline`` it has lost and must stop
-writing at once. A candidate takes the Lease when nobody holds it, or when the record
-(holder, renewTime, resourceVersion) has not changed for the holder's
-``leaseDurationSeconds`` as measured on the candidate's own clock, so clock skew between
-replicas does not matter. Every write carries the resourceVersion read, so two candidates
-can never both win. ``renew_deadline < lease_duration`` leaves the old leader time to stop
-before anyone else may start.
+writing at once. As in client-go, every renewal call is bounded by the time left until
+``renew_deadline``, so a hung call cannot hide the deadline; beyond client-go, a watchdog
+thread checks the time since the last renewal on the monotonic clock and ``write_fence``
+refuses writes past it, so even a stuck elector thread cannot leave a writer behind. The
+Lease goes through its own client (``Kube.dedicated``): renewals never wait for a
+connection that syncs or watches hold.
+
+A candidate takes the Lease when nobody holds it, or when the record (holder, renewTime,
+resourceVersion) has not changed for the holder's ``leaseDurationSeconds`` as measured on
+the candidate's own clock, so clock skew between replicas does not matter. Every write
+carries the resourceVersion read, so two candidates can never both win.
+``renew_deadline < lease_duration`` leaves the old leader time to stop before anyone else
+may start.
 """
 
 from __future__ import annotations
@@ -24,10 +31,20 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gitsync import events
+from gitsync import events, metrics
 from gitsync.errors import ConflictError, KubeError
-from gitsync.kube import Kube
+from gitsync.kube import Kube, Resource
 from gitsync.model import KubeObject, ObjectRef
+
+_LEASES = Resource(
+    group="coordination.k8s.io",
+    version="v1",
+    kind="Lease",
+    plural="leases",
+    namespaced=True,
+    verbs=frozenset({"get", "create", "update"}),
+)
+_LATENCY_WINDOW = 2048
 
 
 def default_identity() -> str:
@@ -66,7 +83,11 @@ class LeaseSpec:
 
 
 class LeaderElector:
-    """Runs the election loop in ``run`` (its own thread); thread-safe to query."""
+    """Runs the election loop in ``run`` (its own thread); thread-safe to query.
+
+    ``kube`` should be a client of its own (``Kube.dedicated()``): the Lease must not
+    share a connection pool with syncs and watches.
+    """
 
     def __init__(
         self,
@@ -89,6 +110,9 @@ class LeaderElector:
         self._observed: tuple[str, str, str] | None = None
         self._observed_at = 0.0
         self._error = ""
+        self._lease: KubeObject | None = None  # our last write, for the one-call renewal
+        self._lost = False
+        self._latencies: list[float] = []
 
     # --- queries -----------------------------------------------------------------------
 
@@ -108,11 +132,37 @@ class LeaderElector:
         with self._lock:
             return self._observed[0] if self._observed else ""
 
+    def write_fence(self) -> str:
+        """Why this process must not write now ("" while it holds a fresh Lease)."""
+        with self._lock:
+            if not self._leader or self._lost:
+                return "not the leader"
+            since = time.monotonic() - self._last_renew
+        if since > self.spec.renew_deadline:
+            return f"leader Lease not renewed for {since:.1f}s"
+        return ""
+
+    def renew_stats(self) -> dict[str, float]:
+        """Latency of recent successful renewals while leading (count, p50, p99, max)."""
+        with self._lock:
+            data = sorted(self._latencies)
+        if not data:
+            return {"count": 0}
+
+        def pick(q: float) -> float:
+            return round(data[min(len(data) - 1, int(q * len(data)))], 4)
+
+        return {"count": len(data), "p50": pick(0.5), "p99": pick(0.99), "max": pick(1.0)}
+
     # --- the loop ----------------------------------------------------------------------
 
     def run(self, stop: threading.Event) -> None:
         """Acquire, then renew until ``stop`` is set or the Lease is lost."""
         self._log.info("leader.candidate")
+        watchdog = threading.Thread(
+            target=self._watchdog, args=(stop,), name="gitsync-lease-watchdog", daemon=True
+        )
+        watchdog.start()
         while not stop.is_set():
             try:
                 if self._step():
@@ -123,30 +173,68 @@ class LeaderElector:
             jitter = 1.0 if self.is_leader else random.uniform(1.0, 1.2)  # noqa: S311
             stop.wait(self.spec.retry_period * jitter)
 
+    def _watchdog(self, stop: threading.Event) -> None:
+        """Declare the Lease lost once ``renew_deadline`` passes without a renewal, even if
+        the elector thread is stuck inside a call or starved."""
+        tick = min(0.25, max(0.02, self.spec.retry_period / 10))
+        while not stop.wait(tick):
+            with self._lock:
+                overdue = self._leader and not self._lost
+                since = time.monotonic() - self._last_renew
+            if overdue and since > self.spec.renew_deadline:
+                self._lose(since, watchdog=True)
+                return
+
     def _step(self) -> bool:
         """One round; True when leadership was lost and the loop must end."""
+        began = time.monotonic()
         took = self._try_acquire_or_renew()
         now = time.monotonic()
         if took:
             with self._lock:
-                self._last_renew = now
+                if self._lost:
+                    return True  # the watchdog gave up first; a late success changes nothing
                 first = not self._leader
+                if not first:
+                    self._latencies.append(now - began)
+                    del self._latencies[:-_LATENCY_WINDOW]
+                # Counted from before the request: others may see the write as soon as it
+                # was sent, so a slow answer must not lengthen our hold on the Lease.
+                self._last_renew = began
                 self._leader = True
             if first:
                 self._log.info("leader.acquired")
-                self._emit("LeaderElection", f"{self.spec.identity} became leader")
-                self._on_started()
+                # Its own thread: the Event and starting the work must not delay renewals.
+                threading.Thread(
+                    target=self._begin_leading, name="gitsync-start-leading", daemon=True
+                ).start()
+            else:
+                metrics.LEASE_RENEW_SECONDS.observe(now - began)
         elif self.is_leader and now - self._last_renew > self.spec.renew_deadline:
-            with self._lock:
-                self._leader = False
-            self._log.error(
-                "leader.lost",
-                reason=self._error or "another holder took the Lease",
-                seconds_since_renew=round(now - self._last_renew, 2),
-            )
-            self._on_lost()
+            self._lose(now - self._last_renew, watchdog=False)
             return True
-        return False
+        with self._lock:
+            return self._lost
+
+    def _begin_leading(self) -> None:
+        self._emit("LeaderElection", f"{self.spec.identity} became leader")
+        self._on_started()
+
+    def _lose(self, since: float, *, watchdog: bool) -> None:
+        """Leadership is gone: say so once and hand over to ``on_lost``."""
+        with self._lock:
+            if self._lost:
+                return
+            self._lost = True
+            self._leader = False
+            error = self._error
+        self._log.error(
+            "leader.lost",
+            reason=error or "another holder took the Lease",
+            seconds_since_renew=round(since, 2),
+            by="watchdog" if watchdog else "elector",
+        )
+        self._on_lost()
 
     def release(self) -> bool:
         """Give the Lease up so a standby takes over now instead of after it expires."""
@@ -176,6 +264,19 @@ class LeaderElector:
     # --- one attempt -------------------------------------------------------------------
 
     def _try_acquire_or_renew(self) -> bool:
+        if self.is_leader and self._lease is not None:
+            # client-go's fast path: one PUT over our own last write; on any error fall
+            # back to reading the Lease, while time is left.
+            try:
+                self._write(self._lease, renew_only=True)
+            except KubeError as e:
+                self._contact(str(e), ok=e.status != 0)
+                self._lease = None
+                if self._time_left() <= 0:
+                    return False
+            else:
+                self._contact("")
+                return True
         try:
             lease = self._get()
             if lease is None:
@@ -206,7 +307,7 @@ class LeaderElector:
                 renewed["leaseTransitions"] = int(spec.get("leaseTransitions") or 0) + 1
                 self._log.info("leader.taking_over", previous=holder or "(released)")
             lease["spec"] = renewed
-            out = self._replace(lease)
+            self._write(lease, renew_only=False)
         except ConflictError:
             # Someone else wrote first (or created it): they won this round.
             self._contact("")
@@ -215,6 +316,13 @@ class LeaderElector:
             self._contact(str(e), ok=False)
             self._log.warning("leader.error", error=str(e))
             return False
+        return True
+
+    def _write(self, lease: KubeObject, *, renew_only: bool) -> KubeObject:
+        """PUT the Lease (a fresh renewTime when ``renew_only``); remember what we wrote."""
+        if renew_only:
+            lease = {**lease, "spec": {**lease["spec"], "renewTime": _micro_time()}}
+        out = self._replace(lease)
         with self._lock:
             self._observed = (
                 self.spec.identity,
@@ -222,7 +330,23 @@ class LeaderElector:
                 str(out["metadata"]["resourceVersion"]),
             )
             self._observed_at = time.monotonic()
-        return True
+        self._lease = out
+        return out
+
+    def _time_left(self) -> float:
+        """Seconds until ``renew_deadline`` runs out while leading; +inf otherwise."""
+        with self._lock:
+            if not self._leader:
+                return math.inf
+            return self._last_renew + self.spec.renew_deadline - time.monotonic()
+
+    def _timeout(self) -> float:
+        """A call may take no longer than what is left of the renew deadline."""
+        left = self._time_left()
+        if left <= 0:
+            msg = f"renew deadline of {self.spec.renew_deadline:g}s passed"
+            raise KubeError(msg, transient=True)
+        return max(0.05, min(left, max(self.spec.request_timeout, self.spec.renew_deadline / 2)))
 
     def _contact(self, error: str, *, ok: bool = True) -> None:
         with self._lock:
@@ -231,8 +355,9 @@ class LeaderElector:
             self._error = error
 
     def _path(self, *, named: bool = True) -> str:
+        """Built without discovery: a renewal makes no call but the Lease's own."""
         ref = self.spec.ref
-        return self._kube.resource(ref).path(ref.namespace, ref.name if named else "")
+        return _LEASES.path(ref.namespace, ref.name if named else "")
 
     def _get(self) -> KubeObject | None:
         try:
@@ -240,7 +365,7 @@ class LeaderElector:
                 "GET",
                 self._path(),
                 verb="get",
-                timeout=self.spec.request_timeout,
+                timeout=self._timeout(),
                 what=f"get {self.spec.ref}",
             )
         except KubeError as e:
@@ -268,7 +393,7 @@ class LeaderElector:
             self._path(named=False),
             verb="create",
             body=body,
-            timeout=self.spec.request_timeout,
+            timeout=self._timeout(),
             what=f"create {self.spec.ref}",
         )
         return out
@@ -280,7 +405,7 @@ class LeaderElector:
             self._path(),
             verb="update",
             body=lease,
-            timeout=self.spec.request_timeout,
+            timeout=self._timeout(),
             what=f"update {self.spec.ref}",
         )
         return out

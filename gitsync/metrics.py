@@ -47,6 +47,15 @@ IS_LEADER = Gauge(
     "gitsync_leader",
     "1 while this process holds the leader Lease and may write to the cluster.",
 )
+GIT_CACHE_BYTES = Gauge(
+    "gitsync_git_cache_bytes",
+    "Bytes on disk of the Git cache (stores and per-commit trees), measured after each cache GC.",
+)
+LEASE_RENEW_SECONDS = Histogram(
+    "gitsync_lease_renew_seconds",
+    "Seconds one successful renewal of the leader Lease took (its deadline is renewDeadline).",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
 WEBHOOKS = Counter(
     "gitsync_webhook_requests_total",
     "Requests to /hooks/<app>, by HTTP status answered.",

@@ -21,7 +21,20 @@ WAVE_ANNOTATION = "gitsync.io/wave"
 PRUNE_ANNOTATION = "gitsync.io/prune"
 DRIFT_ANNOTATION = "gitsync.io/drift"
 RECREATE_ANNOTATION = "gitsync.io/recreate"
+# gitsync's own writes (state, Lease, Events); apps had it too before per-app managers.
 FIELD_MANAGER = "gitsync"
+
+
+def field_manager(app: str) -> str:
+    """Each app applies under its own manager, so two apps never silently share a field."""
+    return f"{FIELD_MANAGER}-{app}"
+
+
+def is_controlled(obj: KubeObject) -> bool:
+    """Made by a controller (an owner reference with ``controller: true``): its owner's
+    to change and delete, never an app's."""
+    refs = (obj.get("metadata") or {}).get("ownerReferences") or []
+    return any(r.get("controller") for r in refs)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True, order=True)
@@ -91,10 +104,11 @@ class Manifest:
 
     obj: KubeObject = field(repr=False)  # may be a Secret: never in a repr or a log
     source: str
+    # Parsed once: sort keys and hot loops ask for it thousands of times per sync.
+    ref: ObjectRef = field(init=False, repr=False, compare=False)
 
-    @property
-    def ref(self) -> ObjectRef:
-        return ObjectRef.of(self.obj)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "ref", ObjectRef.of(self.obj))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

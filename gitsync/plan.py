@@ -9,15 +9,27 @@ sync recorded are ``unchanged`` without any call beyond one LIST per kind.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+import re
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from deepdiff import DeepDiff
-
-from gitsync.errors import ApplyError, InvalidError, KubeError
-from gitsync.fields import content_hash, fingerprint
+from gitsync import ignores
+from gitsync.config import IgnoreRule
+from gitsync.drift_compare import (
+    ABSENT,
+    FieldPath,
+    Item,
+    differences,
+    gitsync_applied_at,
+    hpa_targets,
+    ignored_by_annotation,
+    path_text,
+)
+from gitsync.errors import ApplyError, ConflictError, InvalidError, KubeError
+from gitsync.fields import content_hash, fingerprint, upgraded_managed_fields
 from gitsync.inventory import AppState, InventoryEntry
 from gitsync.kube import Kube, Resource
 from gitsync.model import (
@@ -28,7 +40,10 @@ from gitsync.model import (
     Manifest,
     ManifestSet,
     ObjectRef,
+    field_manager,
+    is_controlled,
 )
+from gitsync.ownership import Owners
 
 MASK = "***"
 _VOLATILE_META = (
@@ -41,6 +56,14 @@ _VOLATILE_META = (
     "deletionTimestamp",
     "deletionGracePeriodSeconds",
 )
+
+
+class Origin(enum.StrEnum):
+    """Why gitsync believes a prune candidate is its own."""
+
+    INVENTORY = "inventory"  # recorded by a settled sync
+    PENDING = "pending"  # created by a sync that never settled (write-ahead record)
+    LABEL = "label"  # labelled for the app, in neither Git nor the state (backstop)
 
 
 class Action(enum.StrEnum):
@@ -57,6 +80,7 @@ class FieldDiff:
     path: str
     live: Any
     desired: Any
+    parts: FieldPath = field(default=(), compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -69,6 +93,22 @@ class Change:
     live: KubeObject | None = field(default=None, repr=False, compare=False)
     # The kind is defined by a CRD in the same set; it is planned after the CRD stage.
     deferred: bool = False
+    # For PRUNE only: how the object is known to be the app's.
+    origin: Origin = Origin.INVENTORY
+    # Fields left to others (ignore rules, an HPA, a controller): not sent, claim released.
+    skipped: tuple[FieldPath, ...] = ()
+    # What is sent when it differs from the manifest (the manifest without ``skipped``).
+    sent: KubeObject | None = field(default=None, repr=False, compare=False)
+    # Fields another manager owns that this apply takes back, e.g. 'kubectl-edit: .spec.x'.
+    conflicts: tuple[str, ...] = ()
+
+    @property
+    def body(self) -> KubeObject:
+        """What the apply sends."""
+        if self.sent is not None:
+            return self.sent
+        assert self.manifest is not None  # noqa: S101 - PRUNE changes are never sent
+        return self.manifest.obj
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -114,48 +154,36 @@ def mask_secret(obj: Mapping[str, Any]) -> KubeObject:
     return out
 
 
-def _path(parts: Iterable[Any]) -> str:
-    text = ""
-    for p in parts:
-        if isinstance(p, int):
-            text += f"[{p}]"
-        else:
-            text += ("." if text else "") + str(p)
-    return text
-
-
 def diff_objects(live: Mapping[str, Any], desired: Mapping[str, Any]) -> tuple[FieldDiff, ...]:
-    """Field-level differences between two normalized objects, Secret values masked."""
+    """Field-level differences between two normalized objects, Secret values masked.
+
+    The same merge-key-aware comparison and field paths as drift
+    (``spec.template.spec.containers[name=web].image``): what ``gitsync diff`` shows is
+    what a sync changes, and what drift would report.
+    """
     live_n, desired_n = normalize(live), normalize(desired)
-    secret_changes: list[FieldDiff] = []
-    if _is_secret(desired_n):
-        live_data = live_n.get("data") or {}
-        for key, value in (desired_n.get("data") or {}).items():
-            if key in live_data and live_data[key] != value:
-                secret_changes.append(
-                    FieldDiff(path=f"data.{key}", live=MASK, desired=f"{MASK} (changed)")
-                )
-        live_n, desired_n = mask_secret(live_n), mask_secret(desired_n)
-    tree = DeepDiff(live_n, desired_n, view="tree", ignore_order=False)
-    out: list[FieldDiff] = []
-    for kind in (
-        "values_changed",
-        "type_changes",
-        "dictionary_item_added",
-        "dictionary_item_removed",
-        "iterable_item_added",
-        "iterable_item_removed",
-    ):
-        for level in tree.get(kind, []):
-            live_v = None if kind.endswith("_added") else level.t1
-            desired_v = None if kind.endswith("_removed") else level.t2
-            out.append(
-                FieldDiff(
-                    path=_path(level.path(output_format="list")), live=live_v, desired=desired_v
-                )
-            )
-    out.extend(secret_changes)
-    return tuple(sorted(out, key=lambda d: d.path))
+    secret = _is_secret(desired_n)
+    found: dict[FieldPath, FieldDiff] = {}
+    for d in differences(desired_n, live_n):
+        found[d.parts] = _field_diff(d.parts, live=d.live, desired=d.desired, secret=secret)
+    for d in differences(live_n, desired_n):  # what the apply removes
+        if d.parts not in found and not _under_any(d.parts, found):
+            found[d.parts] = _field_diff(d.parts, live=d.desired, desired=d.live, secret=secret)
+    return tuple(sorted(found.values(), key=lambda f: f.path))
+
+
+def _under_any(parts: FieldPath, found: Mapping[FieldPath, FieldDiff]) -> bool:
+    return any(parts[: len(p)] == p for p in found if len(p) < len(parts))
+
+
+def _field_diff(parts: FieldPath, *, live: Any, desired: Any, secret: bool) -> FieldDiff:
+    live_v = None if live is ABSENT else live
+    desired_v = None if desired is ABSENT else desired
+    if secret and parts[:1] in (("data",), ("stringData",)):
+        changed = live_v is not None and desired_v is not None
+        live_v = None if live_v is None else MASK
+        desired_v = None if desired_v is None else f"{MASK} (changed)" if changed else MASK
+    return FieldDiff(path=path_text(parts), live=live_v, desired=desired_v, parts=parts)
 
 
 # --- planning against the cluster -----------------------------------------------------
@@ -188,17 +216,43 @@ def _served(kube: Kube, ref: ObjectRef, *, refresh: bool) -> Resource | None:
     return disc.for_ref(ref)
 
 
+def _finished_job(m: Manifest, entry: InventoryEntry) -> bool:
+    spec = m.obj.get("spec") or {}
+    return (
+        (m.ref.group, m.ref.kind) == ("batch", "Job")
+        and spec.get("ttlSecondsAfterFinished") is not None
+        and entry.manifest_hash == content_hash(m.obj)
+    )
+
+
+def served_ref(kube: Kube, ref: ObjectRef) -> ObjectRef:
+    """``ref`` at a version the API serves now: a version can stop being served while its
+    objects live on (a CRD moved to v2), and looking them up by the old one orphans them."""
+    disc = kube.discover()
+    if disc.for_ref(ref) is not None:
+        return ref
+    res = disc.preferred.get((ref.group, ref.kind))
+    return ref if res is None else replace(ref, version=res.version)
+
+
+def _at_served_versions(kube: Kube, entries: list[InventoryEntry]) -> list[InventoryEntry]:
+    return [replace(e, ref=served_ref(kube, e.ref)) for e in entries]
+
+
 def make_plan(
     manifests: ManifestSet,
     *,
     kube: Kube,
     app: str,
     state: AppState,
+    owners: Owners | None = None,
+    ignore: Sequence[IgnoreRule] = (),
     workers: int = 16,
 ) -> Plan:
     """Compare the desired set with the cluster; only ``kube`` reads, nothing is written.
 
-    Discovery is taken as cached: the caller refreshed it before rendering.
+    Discovery is taken as cached: the caller refreshed it before rendering. With
+    ``owners``, an object another gitsync app owns is refused, naming both apps.
     """
     known: dict[Identity, InventoryEntry] = {e.ref.identity(): e for e in state.inventory}
     desired_ids = {m.ref.identity() for m in manifests.manifests}
@@ -213,13 +267,33 @@ def make_plan(
         else:
             ready.append((m, res))
             resources.append(res)
-    stale = [e for e in state.inventory if e.ref.identity() not in desired_ids]
-    for e in stale:
+    stale = _at_served_versions(
+        kube, [e for e in state.inventory if e.ref.identity() not in desired_ids]
+    )
+    unsettled = _at_served_versions(
+        kube,
+        [
+            e
+            for e in state.pending
+            if e.ref.identity() not in desired_ids and e.ref.identity() not in known
+        ],
+    )
+    for e in (*stale, *unsettled):
         res = _served(kube, e.ref, refresh=False)
         if res is not None:
             resources.append(res)
     live = list_live(kube, app, resources)
     new_namespaces = _new_namespaces(kube, manifests, live)
+    manager = field_manager(app)
+    autoscaled = _Autoscaled(kube, manifests)
+
+    def leave(m: Manifest) -> Callable[[KubeObject | None], tuple[FieldPath, ...]]:
+        return lambda current: ignores.skipped(
+            m.obj,
+            current,
+            rules=ignore,
+            autoscaled=current is not None and autoscaled(m.ref),
+        )
 
     def plan_one(item: tuple[Manifest, Resource]) -> Change:
         m, _res = item
@@ -231,16 +305,24 @@ def make_plan(
             and entry is not None
             and entry.manifest_hash == content_hash(m.obj)
             and entry.fingerprint
-            and entry.fingerprint == fingerprint(current)
+            # An object whose drift is ignored is written when Git changes, never to
+            # revert a change made in the cluster.
+            and (
+                entry.fingerprint == fingerprint(current, manager)
+                or ignored_by_annotation(m.obj, current)
+            )
         ):
             return Change(
                 ref=ref, action=Action.UNCHANGED, source=m.source, manifest=m, live=current
             )
+        if current is None and entry is not None and _finished_job(m, entry):
+            # A Job Git did not change, deleted by its own ttlSecondsAfterFinished: it ran.
+            return Change(ref=ref, action=Action.UNCHANGED, source=m.source, manifest=m)
         if ref.namespace in new_namespaces:
             # Its Namespace does not exist yet, so neither does it, and a dry-run can only
             # answer 404: the apply stage, after the Namespace stage, validates it.
             return _deferred(m)
-        return plan_object(kube, m, current)
+        return plan_object(kube, m, current, leave=leave(m), manager=manager)
 
     failures: list[tuple[str, str]] = []
     changes: list[Change] = []
@@ -250,14 +332,98 @@ def make_plan(
                 failures.append((f"{m.source}: {m.ref}", str(result)))
             else:
                 changes.append(result)
+    if owners is not None:
+        failures.extend(_taken(changes, live, owners, app))
     if failures:
         raise ApplyError(failures)
     changes.extend(_deferred(m) for m in deferred)
-    for e in stale:
-        changes.append(
-            Change(ref=e.ref, action=Action.PRUNE, live=live.objects.get(e.ref.identity()))
-        )
+    changes.extend(_prune_candidates(state, desired_ids, stale, unsettled, live))
     return Plan(changes=tuple(changes))
+
+
+def _taken(
+    changes: Iterable[Change], live: LiveIndex, owners: Owners, app: str
+) -> list[tuple[str, str]]:
+    """Objects that exist without this app's label and that another app owns."""
+    out = []
+    for c in changes:
+        if c.live is None or c.ref.identity() in live.objects:
+            continue
+        other = owners.conflict(c.ref.identity(), c.live)
+        if other:
+            out.append(
+                (
+                    f"{c.source}: {c.ref}",
+                    f"managed by gitsync app {other!r}; app {app!r} may not take it "
+                    f"(to allow it, set adoptFrom: [{other}] on app {app!r})",
+                )
+            )
+    return out
+
+
+def _prune_candidates(
+    state: AppState,
+    desired: set[Identity],
+    stale: list[InventoryEntry],
+    unsettled: list[InventoryEntry],
+    live: LiveIndex,
+) -> list[Change]:
+    """What the app owns and Git no longer wants, each with how we know it is ours."""
+    out = [
+        Change(ref=e.ref, action=Action.PRUNE, live=live.objects.get(e.ref.identity()))
+        for e in stale
+    ]
+    out.extend(
+        Change(
+            ref=e.ref,
+            action=Action.PRUNE,
+            live=live.objects.get(e.ref.identity()),
+            origin=Origin.PENDING,
+        )
+        for e in unsettled
+    )
+    # Backstop: labelled for this app and applied by it, yet neither desired nor recorded
+    # anywhere. Objects a controller made (e.g. Pods from a template carrying our label)
+    # are its to delete.
+    recorded = (
+        desired
+        | {e.ref.identity() for e in (*state.inventory, *state.pending)}
+        | {ObjectRef.of(o).identity() for o in state.adopted}
+    )
+    manager = field_manager(state.app)
+    out.extend(
+        Change(ref=ObjectRef.of(obj), action=Action.PRUNE, live=obj, origin=Origin.LABEL)
+        for ident, obj in live.objects.items()
+        if ident not in recorded
+        and not is_controlled(obj)
+        # Only what this app's gitsync applied: a look-alike someone labelled by hand is
+        # not ours to delete, whatever its labels say.
+        and gitsync_applied_at(obj, manager=manager)
+    )
+    return out
+
+
+class _Autoscaled:
+    """Whether an HPA scales a workload: HPAs in the set and live ones, listed once and
+    only if some workload is dry-run at all (an unchanged resync never asks)."""
+
+    def __init__(self, kube: Kube, manifests: ManifestSet) -> None:
+        self._kube = kube
+        self._desired = [
+            m.obj for m in manifests.manifests if m.ref.kind == "HorizontalPodAutoscaler"
+        ]
+        self._targets: frozenset[tuple[str, str, str]] | None = None
+        self._lock = threading.Lock()
+
+    def __call__(self, ref: ObjectRef) -> bool:
+        with self._lock:
+            if self._targets is None:
+                hpas = list(self._desired)
+                res = self._kube.discover().resource("autoscaling", "v2", "HorizontalPodAutoscaler")
+                if res is not None:
+                    hpas += self._kube.list_objects(res)[0]
+                self._targets = hpa_targets(hpas)
+            return (ref.namespace, ref.kind, ref.name) in self._targets
 
 
 def _new_namespaces(kube: Kube, manifests: ManifestSet, live: LiveIndex) -> frozenset[str]:
@@ -281,10 +447,23 @@ def _deferred(m: Manifest) -> Change:
     )
 
 
-def plan_object(kube: Kube, m: Manifest, current: KubeObject | None) -> Change:
-    """Dry-run one object and diff it against what is live."""
+def plan_object(
+    kube: Kube,
+    m: Manifest,
+    current: KubeObject | None,
+    *,
+    leave: Callable[[KubeObject | None], tuple[FieldPath, ...]] = lambda _: (),
+    manager: str,
+) -> Change:
+    """Dry-run one object and diff it against what is live.
+
+    Fields ``leave`` names are not sent (and their differences not shown); fields another
+    manager owns that the apply would take back are named in ``conflicts``.
+    """
+    skipped = leave(current)
     try:
-        result = kube.apply(m.obj, dry_run=True)
+        sent = ignores.without(m.obj, skipped) if skipped else m.obj
+        result, conflicts = _dry_run(kube, sent, manager)
     except InvalidError as e:
         if "immutable" not in str(e):
             raise
@@ -305,13 +484,58 @@ def plan_object(kube: Kube, m: Manifest, current: KubeObject | None) -> Change:
     if current is None and result.get("metadata", {}).get("resourceVersion"):
         # It exists but without our label (adoption): diff against the real object.
         current = kube.get(m.ref)
+        skipped = leave(current)
+        if skipped:
+            result, conflicts = _dry_run(kube, ignores.without(m.obj, skipped), manager)
     if current is None:
         return Change(
             ref=m.ref, action=Action.CREATE, source=m.source, manifest=m, diff=_whole(m.obj)
         )
-    diff = diff_objects(current, result)
+    diff = tuple(
+        d for d in diff_objects(current, result) if not any(_covers(p, d.parts) for p in skipped)
+    )
+    if not diff and upgraded_managed_fields(current, manager) is not None:
+        # Fields owned by an earlier client-side apply or by the shared manager of older
+        # releases move to this app's manager: an apply that changes no value does it.
+        diff = (FieldDiff(path="metadata.managedFields", live="(other managers)", desired=manager),)
     action = Action.UPDATE if diff else Action.UNCHANGED
-    return Change(ref=m.ref, action=action, source=m.source, manifest=m, diff=diff, live=current)
+    return Change(
+        ref=m.ref,
+        action=action,
+        source=m.source,
+        manifest=m,
+        diff=diff,
+        live=current,
+        skipped=skipped,
+        sent=ignores.without(m.obj, skipped) if skipped else None,
+        conflicts=conflicts if diff else (),
+    )
+
+
+_CONFLICT = re.compile(r'conflicts? with "([^"]+)"(?: with subresource "([^"]+)")?[^:]*:(.*)', re.S)
+
+
+def _dry_run(kube: Kube, obj: KubeObject, manager: str) -> tuple[KubeObject, tuple[str, ...]]:
+    """The SSA dry-run result, and who owns what the apply would take (forced anyway)."""
+    try:
+        return kube.apply(obj, dry_run=True, force=False, manager=manager), ()
+    except ConflictError as e:
+        found = _CONFLICT.findall(str(e))
+        conflicts = tuple(f"{who}: {fields.strip()}" for who, _sub, fields in found) or (str(e),)
+    return kube.apply(obj, dry_run=True, manager=manager), conflicts
+
+
+def _covers(prefix: FieldPath, parts: FieldPath) -> bool:
+    """``parts`` lies at or under ``prefix`` (list items compared by merge key)."""
+    if len(parts) < len(prefix):
+        return False
+    for a, b in zip(prefix, parts, strict=False):
+        if isinstance(a, Item) and isinstance(b, Item):
+            if ((a.key or b.key) and a.key != b.key) or (not a.key and a.index != b.index):
+                return False
+        elif a != b:
+            return False
+    return True
 
 
 def _whole(obj: KubeObject) -> tuple[FieldDiff, ...]:

@@ -21,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from gitsync import helm as helm_chart
 from gitsync.errors import RenderError
+from gitsync.helm import HelmSettings
 from gitsync.kustomize import (
     DEFAULT_KUSTOMIZE,
     KUSTOMIZATION_FILES,
@@ -39,12 +41,22 @@ from gitsync.model import (
 )
 from gitsync.order import wave_of
 from gitsync.repofiles import decode, read_bytes, relative
-from gitsync.yamlread import MAX_DEPTH, Node, ReadError, ReadLimits, line_at, read_documents
+from gitsync.yamlread import (
+    MAX_DEPTH,
+    Node,
+    ReadError,
+    ReadLimits,
+    flatten_list,
+    gc_paused,
+    line_at,
+    read_documents,
+)
 
 __all__ = [
     "BUILTIN_KINDS",
     "DEFAULT_KUSTOMIZE",
     "KUSTOMIZATION_FILES",
+    "HelmSettings",
     "KindResolver",
     "RenderLimits",
     "Scope",
@@ -139,13 +151,16 @@ class StaticKinds:
 class RenderLimits:
     """Bounds on what one app may make render read, parse and run."""
 
-    max_file_bytes: int = 2 * 1024 * 1024
-    max_total_bytes: int = 16 * 1024 * 1024
+    # Public install bundles run to several MiB in one file (CRDs of hundreds of KiB,
+    # ConfigMaps near the API's 1 MiB); these bound memory, not what is sensible.
+    max_file_bytes: int = 16 * 1024 * 1024
+    max_total_bytes: int = 64 * 1024 * 1024
     max_files: int = 10_000
     max_aliases: int = 100  # alias nodes per YAML document
     max_alias_nodes: int = 100_000  # nodes that alias uses add to one document
     max_depth: int = 200  # nesting of one document; at most yamlread.MAX_DEPTH
     kustomize_timeout: float = 60.0
+    helm_timeout: float = 60.0
 
     def __post_init__(self) -> None:
         if not 1 <= self.max_depth <= MAX_DEPTH:
@@ -170,9 +185,15 @@ def render(
     app_name: str,
     kinds: KindResolver,
     kustomize: Sequence[str] | None = None,
+    helm: HelmSettings | None = None,
+    helm_command: str | None = None,
     limits: RenderLimits = RenderLimits(),
 ) -> ManifestSet:
-    """Read, parse and validate the app; raise one RenderError naming every problem."""
+    """Read, parse and validate the app; raise one RenderError naming every problem.
+
+    A directory with a ``Chart.yaml`` is a Helm chart, rendered with ``helm`` settings
+    (``apps[].helm``) by ``helm_command`` (default: ``helm`` on PATH).
+    """
     repo = Path(os.path.realpath(repo_root))
     app = Path(os.path.realpath(app_dir))
     if not app.is_relative_to(repo):
@@ -182,9 +203,62 @@ def render(
             [f"{relative(app, repo)}: the app path is not a directory in the repository."]
         )
 
+    # Parsed documents stay alive until the set is built, so the cyclic collector would
+    # only rescan them; it is paused, and they are freed (by refcount) before it resumes.
+    with gc_paused():
+        return _render_app(
+            app=app,
+            repo=repo,
+            default_namespace=default_namespace,
+            app_name=app_name,
+            kinds=kinds,
+            kustomize=kustomize,
+            helm=helm,
+            helm_command=helm_command,
+            limits=limits,
+        )
+
+
+def _render_app(
+    *,
+    app: Path,
+    repo: Path,
+    default_namespace: str,
+    app_name: str,
+    kinds: KindResolver,
+    kustomize: Sequence[str] | None,
+    helm: HelmSettings | None,
+    helm_command: str | None,
+    limits: RenderLimits,
+) -> ManifestSet:
     problems: list[str] = []
     kustomization = kustomization_file(app)
-    if kustomization is not None:
+    if helm_chart.is_chart(app):
+        if kustomization is not None:
+            problems.append(
+                f"{relative(kustomization, repo)}:1: the directory holds both a Chart.yaml and "
+                "a kustomization; keep one (a kustomization can use the chart via helmCharts)."
+            )
+        settings = helm or HelmSettings()
+        default_namespace = settings.namespace or default_namespace
+        built = helm_chart.template_chart(
+            app,
+            repo=repo,
+            settings=settings,
+            release=settings.release_name or app_name,
+            namespace=default_namespace,
+            command=helm_command or helm_chart.default_command(),
+            limits=limits,
+            problems=problems,
+        )
+        docs = [_Doc(obj=obj, source=source) for source, obj in built]
+    elif helm is not None:
+        problems.append(
+            f"{relative(app, repo) or '.'}:1: apps[].helm is set, but the app directory has "
+            "no Chart.yaml; remove the helm settings or point the app at the chart."
+        )
+        docs = []
+    elif kustomization is not None:
         built = build_kustomization(
             app,
             kustomization=kustomization,
@@ -192,6 +266,7 @@ def render(
             command=list(kustomize or default_command()),
             limits=limits,
             problems=problems,
+            helm_command=helm_command or helm_chart.default_command(),
         )
         docs = [_Doc(obj=obj, source=source) for source, obj in built]
     else:
@@ -247,10 +322,13 @@ def _directory_docs(app: Path, repo: Path, limits: RenderLimits, problems: list[
         except ReadError as e:
             problems.append(f"{display}:{e.line}: {e.message}")
             continue
-        docs.extend(
-            _Doc(obj=doc.value, source=f"{display}:{doc.line}", file=display, node=doc.node)
-            for doc in parsed
-        )
+        for doc in parsed:
+            items, errors = flatten_list(doc)
+            problems.extend(f"{display}:{e.line}: {e.message}" for e in errors)
+            docs.extend(
+                _Doc(obj=item.value, source=f"{display}:{item.line}", file=display, node=item.node)
+                for item in items
+            )
     return docs
 
 

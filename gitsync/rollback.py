@@ -8,16 +8,19 @@ pruned (prune waits for health), so nothing has to be recreated.
 
 from __future__ import annotations
 
+import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from gitsync import health
 from gitsync.apply import AppliedSet, apply_plan
+from gitsync.config import IgnoreRule
 from gitsync.gate import Verdict, wait_healthy
 from gitsync.inventory import AppState, InventoryEntry
 from gitsync.kube import Kube
-from gitsync.model import Identity, KubeObject, Manifest, ManifestSet, ObjectRef
+from gitsync.model import Identity, KubeObject, Manifest, ManifestSet, ObjectRef, field_manager
+from gitsync.ownership import Owners
 from gitsync.plan import Action, make_plan
 from gitsync.prune import prune
 
@@ -31,10 +34,22 @@ class RollbackResult:
     verdict: Verdict | None
     inventory: tuple[InventoryEntry, ...]
     restarted_pods: tuple[ObjectRef, ...] = ()
+    restored: tuple[ObjectRef, ...] = ()
 
     @property
     def ok(self) -> bool:
         return self.applied.ok and (self.verdict is None or self.verdict.healthy)
+
+    @property
+    def reason(self) -> str:
+        """Why it did not finish, or "" if it did."""
+        if self.applied.failures:
+            return str(self.applied.failures[0])
+        if self.verdict is not None and self.verdict.interrupted:
+            return "interrupted by shutdown before the healthy revision was judged"
+        if self.verdict is not None and not self.verdict.healthy:
+            return self.verdict.reason
+        return ""
 
 
 def healthy_set(state: AppState) -> ManifestSet:
@@ -49,16 +64,22 @@ def roll_back(
     kube: Kube,
     app: str,
     state: AppState,
-    created: frozenset[Identity],
     timeout: float,
+    cancel: threading.Event | None = None,
+    owners: Owners | None = None,
+    ignore: Sequence[IgnoreRule] = (),
 ) -> RollbackResult:
-    """Re-apply ``state``'s healthy manifests, delete ``created``, wait for health.
+    """Re-apply ``state``'s healthy manifests, undo the unsettled sync, wait for health.
 
+    Undoing means: delete what the sync created (its write-ahead ``pending`` record) and
+    put back the prior content of what it adopted. Nothing else is deleted, so an object
+    that existed before the bad commit, made by hand or adopted, survives the rollback.
     ``state.inventory`` must already include what the bad revision applied.
     """
+    created = frozenset(e.ref.identity() for e in state.pending)
     manifests = healthy_set(state)
-    plan = make_plan(manifests, kube=kube, app=app, state=state)
-    applied = apply_plan(plan, kube=kube)
+    plan = make_plan(manifests, kube=kube, app=app, state=state, owners=owners, ignore=ignore)
+    applied = apply_plan(plan, kube=kube, manager=field_manager(app))
     if not applied.ok:
         return RollbackResult(applied=applied, deleted=(), verdict=None, inventory=state.inventory)
     leftovers = [
@@ -72,26 +93,60 @@ def roll_back(
         inventory_count=len(state.inventory),
         allow_empty=True,
         allow_mass=True,
+        owners=owners,
     )
-    # Still ours: what the healthy set lacks but was neither created by the bad revision
-    # nor deleted now (e.g. kept by a prune guard earlier).
-    deleted = {r.identity() for r in pruned.deleted}
+    desired = {m.ref.identity() for m in manifests.manifests}
+    priors = [o for o in state.adopted if _id(o) not in desired]
+    restored = restore_adopted(kube, priors, manager=field_manager(app))
+    # Still ours: what the healthy set lacks but was neither created nor adopted by the
+    # bad revision (e.g. kept by a prune guard earlier), and what failed to delete.
+    released = created | {_id(o) for o in state.adopted}
+    failed = {r.identity() for r in pruned.kept}
     leftover_ids = {c.ref.identity() for c in plan.by_action(Action.PRUNE)}
     kept = [
         e
         for e in state.inventory
-        if e.ref.identity() in leftover_ids and e.ref.identity() not in deleted
+        if e.ref.identity() in leftover_ids
+        and (e.ref.identity() not in released or e.ref.identity() in failed)
     ]
     inventory = tuple(sorted([*applied.entries, *kept], key=lambda e: e.ref))
     restarted = unstick_statefulsets(kube, applied.objects, timeout=min(timeout, 30.0))
-    verdict = wait_healthy(kube, list(applied.objects), timeout=timeout)
+    verdict = wait_healthy(kube, list(applied.objects), timeout=timeout, cancel=cancel)
     return RollbackResult(
         applied=applied,
         deleted=pruned.deleted,
         verdict=verdict,
         inventory=inventory,
         restarted_pods=restarted,
+        restored=restored,
     )
+
+
+def _id(obj: KubeObject) -> Identity:
+    return ObjectRef.of(obj).identity()
+
+
+def restore_adopted(
+    kube: Kube, priors: Iterable[KubeObject], *, manager: str
+) -> tuple[ObjectRef, ...]:
+    """Put back the content (and field owners) adopted objects had before gitsync.
+
+    A replace carrying the live resourceVersion and the prior uid: an object deleted or
+    recreated by someone else since is left alone.
+    """
+    restored: list[ObjectRef] = []
+    for prior in priors:
+        ref = ObjectRef.of(prior)
+        live = kube.get(ref)
+        if live is None or live["metadata"].get("uid") != prior["metadata"].get("uid"):
+            continue
+        body = {k: v for k, v in prior.items() if k != "status"}
+        meta = dict(body["metadata"])
+        meta["resourceVersion"] = live["metadata"]["resourceVersion"]
+        body["metadata"] = meta
+        kube.replace(body, manager=manager)
+        restored.append(ref)
+    return tuple(restored)
 
 
 def unstick_statefulsets(

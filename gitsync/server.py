@@ -3,49 +3,42 @@
     GET  /healthz        200 while the process and its election loop live
     GET  /readyz         200 when leading or a healthy standby; 503 when a sync is stuck
     GET  /metrics        Prometheus text format (prometheus-client's default registry)
-    POST /hooks/<app>    202 after a valid ``X-Hub-Signature-256: sha256=<hex>`` (GitHub,
-                         Gitea, Forgejo) HMAC-SHA256 of the raw body; sync starts at once
+    GET  /               the read-only status page (``gitsync.ui``), unless ``controller.ui: false``
+    GET  /api/apps[/<app>]  the same data as JSON
+    POST /hooks/<app>    202 after a valid signature (``gitsync.webhooks``: the scheme,
+                         per-app secrets, the replay window); sync starts at once
 
-Everything else is refused: 404 unknown path, app or disabled webhooks, 405 wrong method,
-411 no Content-Length, 413 body over the limit (never read), 401 missing or wrong
-signature, 503 on a standby (the sender should retry; the leader's poll catches up
-anyway). The signature is checked before the app name, so an unsigned caller learns
-nothing about which apps exist.
+Everything else is refused: 404 unknown path or disabled webhooks, 405 wrong method; the
+webhook's own answers are listed in ``gitsync.webhooks``. Handler threads are bounded and
+each request has one read deadline (``gitsync.httpbounds``).
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import threading
-from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from gitsync import metrics
 from gitsync.errors import ConfigError
+from gitsync.httpbounds import BoundedHTTPServer, DeadlineHandler
+from gitsync.webhooks import Webhooks, WebhookSettings, sign, sign_for_app, verify_signature
 
-SIGNATURE_HEADERS = ("X-Hub-Signature-256", "X-Gitea-Signature", "X-Forgejo-Signature")
-DELIVERY_HEADERS = ("X-GitHub-Delivery", "X-Gitea-Delivery", "X-Forgejo-Delivery")
-READ_TIMEOUT = 10.0  # seconds a client may take to send its request: no slowloris
+__all__ = ["Server", "WebhookSettings", "sign", "sign_for_app", "verify_signature"]
 
-
-def sign(secret: bytes, body: bytes) -> str:
-    """The header value a sender computes: ``sha256=<hex HMAC of body>``."""
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+READ_TIMEOUT = 10.0  # seconds a client may take to send its whole request: no slowloris
 
 
-def verify_signature(secret: bytes, body: bytes, header: str) -> bool:
-    """Constant-time check of ``sha256=<hex>`` (or Gitea's bare ``<hex>``) against ``body``."""
-    if not secret or not header:
-        return False
-    given = header.strip().removeprefix("sha256=").lower()
-    expected = hmac.new(secret, body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(given.encode("ascii", "replace"), expected.encode("ascii"))
+class Pages(Protocol):
+    """Read-only pages served besides the probes (``gitsync.ui.Pages``)."""
+
+    def get(self, path: str) -> Any:
+        """A response (``status``, ``body``, ``content_type``, ``headers``) or None."""
+        ...
 
 
 class Trigger(Protocol):
@@ -60,12 +53,6 @@ class Trigger(Protocol):
     def health(self) -> tuple[bool, dict[str, Any]]: ...
 
     def readiness(self) -> tuple[bool, dict[str, Any]]: ...
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class WebhookSettings:
-    secret: bytes
-    max_body_bytes: int
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
@@ -84,10 +71,15 @@ class Server:
         controller: Trigger,
         webhook: WebhookSettings | None,
         logger: Any,
+        pages: Pages | None = None,
     ) -> None:
         self._listen = listen
         self.controller = controller
         self.webhook = webhook
+        self.hooks = (
+            Webhooks(webhook, controller=controller, logger=logger) if webhook is not None else None
+        )
+        self.pages = pages
         self.log = logger
         self._httpd: _HTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -120,15 +112,13 @@ class Server:
             self._thread.join(timeout=5)
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    daemon_threads = True
-
+class _HTTPServer(BoundedHTTPServer):
     def __init__(self, address: tuple[str, int], app: Server) -> None:
         self.app = app
         super().__init__(address, _Handler)
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(DeadlineHandler, BaseHTTPRequestHandler):  # do_* names: http.server's
     server: _HTTPServer
     timeout = READ_TIMEOUT
     server_version = "gitsync"
@@ -183,6 +173,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(HTTPStatus.OK, generate_latest(), content_type=CONTENT_TYPE_LATEST)
         elif self._hook_app() is not None and app.webhook is not None:
             self._error(HTTPStatus.METHOD_NOT_ALLOWED, Allow="POST")
+        elif app.pages is not None and (page := app.pages.get(path)) is not None:
+            self._send(page.status, page.body, content_type=page.content_type, headers=page.headers)
         else:
             self._error(HTTPStatus.NOT_FOUND)
 
@@ -204,50 +196,14 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         app = self.server.app
         name = self._hook_app()
-        if name is None or app.webhook is None:
+        if name is None or app.hooks is None:
             self._not_allowed()
             return
-        status = self._hook(app, app.webhook, name)
-        metrics.WEBHOOKS.labels(code=str(int(status))).inc()
-
-    def _hook(self, app: Server, hook: WebhookSettings, name: str) -> HTTPStatus:
-        log = app.log.bind(app=name, remote=self.client_address[0])
-        length = self.headers.get("Content-Length")
-        if self.headers.get("Transfer-Encoding") or length is None or not length.isdigit():
+        reply = app.hooks.receive(
+            name=name, headers=self.headers, rfile=self.rfile, remote=str(self.client_address[0])
+        )
+        if reply.close:
             self.close_connection = True
-            return self._refuse(HTTPStatus.LENGTH_REQUIRED, log, "no Content-Length")
-        if int(length) > hook.max_body_bytes:
-            self.close_connection = True  # the body is never read
-            return self._refuse(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, log, f"{length} bytes")
-        try:
-            body = self.rfile.read(int(length))
-        except OSError:
-            self.close_connection = True
-            return HTTPStatus.REQUEST_TIMEOUT
-        if len(body) != int(length):
-            self.close_connection = True
-            return self._refuse(HTTPStatus.BAD_REQUEST, log, "body shorter than Content-Length")
-        header = next((self.headers[h] for h in SIGNATURE_HEADERS if self.headers.get(h)), "")
-        if not verify_signature(hook.secret, body, header):
-            why = "missing signature" if not header else "bad signature"
-            return self._refuse(HTTPStatus.UNAUTHORIZED, log, why)
-        if "/" in name or not app.controller.has_app(name):
-            return self._refuse(HTTPStatus.NOT_FOUND, log, "no such app")
-        outcome = app.controller.trigger(name)
-        if outcome == "standby":
-            log.info("webhook.standby")
-            self._send(
-                HTTPStatus.SERVICE_UNAVAILABLE,
-                {"app": name, "error": "this replica is a standby; retry"},
-                headers={"Retry-After": "5"},
-            )
-            return HTTPStatus.SERVICE_UNAVAILABLE
-        delivery = next((self.headers[h] for h in DELIVERY_HEADERS if self.headers.get(h)), "")
-        log.info("webhook.accepted", outcome=outcome, delivery=delivery[:64])
-        self._send(HTTPStatus.ACCEPTED, {"app": name, "sync": outcome})
-        return HTTPStatus.ACCEPTED
-
-    def _refuse(self, status: HTTPStatus, log: Any, reason: str) -> HTTPStatus:
-        log.warning("webhook.refused", status=int(status), reason=reason)
-        self._error(status)
-        return status
+        if reply.body is not None:
+            self._send(reply.status, reply.body, headers=reply.headers)
+        metrics.WEBHOOKS.labels(code=str(int(reply.status))).inc()

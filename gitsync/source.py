@@ -1,11 +1,10 @@
 """The fetch stage: one app's repository at one ref, checked out, as a ``Revision``.
 
-Layout of ``cache_dir`` (nothing in it is named after the URL, which may hold a user)::
-
-    askpass.sh                      answers git's credential prompts from the environment
-    <sha256(url)>/lock              flock: one fetch per repository at a time
-    <sha256(url)>/repo.git          bare object store, shallow where possible
-    <sha256(url)>/trees/<sha(ref)>  a ``git worktree`` per ref, reset on every fetch
+The cache (layout in ``gitcache``) holds one bare store per repository and one read-only
+tree per commit, built in a temporary directory (unchanged files hard-linked from the last
+tree) and renamed into place; ``checkout`` pins the tree while its block runs, so a
+render reads exactly the commit it records even while another app fetches a newer commit
+of the same repository and ref.
 
 Credentials never reach argv, the URL or ``.git/config``: https secrets travel in
 environment variables read by ``askpass.sh``, ssh uses an explicit key and
@@ -21,8 +20,7 @@ the deadline) and reads the commit; its errors are translated here, once, into
 from __future__ import annotations
 
 import contextlib
-import fcntl
-import hashlib
+import dataclasses
 import ipaddress
 import math
 import os
@@ -43,13 +41,16 @@ from urllib.parse import urlsplit
 
 import git
 
+from gitsync import gitcache, verify
 from gitsync.errors import SourceError
+from gitsync.log import get as get_logger
 from gitsync.log import mask_url
 from gitsync.model import Revision
 
 __all__ = [
     "GitAuth",
     "SourceSpec",
+    "checkout",
     "fetch",
     "validate_path",
     "validate_ref",
@@ -57,6 +58,8 @@ __all__ = [
 ]
 
 ALLOWED_SCHEMES = frozenset({"https", "http", "ssh", "git", "file"})
+PLAINTEXT_SCHEMES = frozenset({"http", "git"})
+"""Refused unless the app allows it: anyone on the network path could choose the commit."""
 _GIT_ALLOW_PROTOCOL = "https:http:ssh:git:file"
 DEFAULT_TOKEN_USERNAME = "x-access-token"  # noqa: S105 (a username, not a secret)
 """Username sent with a bare token; GitHub wants it, GitLab and Gitea accept any."""
@@ -154,16 +157,19 @@ class SourceSpec:
 
     ``ref`` is a branch, a tag, ``HEAD`` (the server's default branch), or a full
     or abbreviated (7+ hex digits) commit sha. Validated on construction, so a spec
-    that exists can be handed to git.
+    that exists can be handed to git. ``http://`` and ``git://`` need ``allow_insecure``.
     """
 
     url: str
     ref: str = "HEAD"
     path: str = "."
     auth: GitAuth = field(default_factory=GitAuth)
+    allow_insecure: bool = False
 
     def __post_init__(self) -> None:
         validate_url(self.url)
+        if not self.allow_insecure:
+            check_encrypted(self.url)
         validate_ref(self.ref)
         validate_path(self.path)
         if self.auth.secret:
@@ -248,6 +254,19 @@ def _validate_scheme_url(url: str, scheme: str, shown: str) -> None:
         raise SourceError(msg)
 
 
+def check_encrypted(url: str) -> None:
+    """Refuse ``http://`` and ``git://``: unencrypted, so the network path picks the commit."""
+    scheme_match = _SCHEME.match(url)
+    scheme = scheme_match.group(1).lower() if scheme_match else "ssh"
+    if scheme in PLAINTEXT_SCHEMES:
+        msg = (
+            f"repository URL {mask_url(url)!r} uses {scheme}://, which is neither encrypted nor "
+            "authenticated: anyone on the network path could choose what is applied. Use "
+            "https:// or ssh://, or set allowInsecure: true on the app (--allow-insecure)"
+        )
+        raise SourceError(msg)
+
+
 def _check_secret_transport(url: str) -> None:
     """Basic credentials go over TLS, or plain http to this machine only."""
     scheme_match = _SCHEME.match(url)
@@ -297,10 +316,6 @@ def validate_path(path: str) -> str:
     return path
 
 
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class _Runner:
     """Runs git for one fetch: shared environment, one deadline, masked errors."""
@@ -327,7 +342,16 @@ class _Runner:
         return f"{what} from {self.where} timed out after {self.timeout:g}s"
 
     def run(self, args: Sequence[str], *, what: str, cwd: Path) -> str:
-        """Run ``git args`` in ``cwd``; stdout on success, ``SourceError`` otherwise.
+        """Run ``git args`` in ``cwd``; stdout on success, ``SourceError`` otherwise."""
+        status, out, stderr = self.execute(args, what=what, cwd=cwd)
+        if status != 0:
+            command = ["git", *args]
+            cause = git.GitCommandError([mask_url(a) for a in command], status, stderr)
+            raise _GitFailed(self._failed(what, stderr, status), stderr=stderr) from cause
+        return out
+
+    def execute(self, args: Sequence[str], *, what: str, cwd: Path) -> tuple[int, str, str]:
+        """Run ``git args`` in ``cwd``: exit status, stdout and (masked) stderr.
 
         git runs in its own process group, killed whole on the deadline: a fetch
         has children (git-remote-http, ssh) that would otherwise keep running.
@@ -354,10 +378,7 @@ class _Runner:
                 proc.communicate(timeout=5)
             raise SourceError(self._timed_out(what)) from e
         stderr = self.mask(err.decode(errors="replace"))
-        if proc.returncode != 0:
-            cause = git.GitCommandError([mask_url(a) for a in command], proc.returncode, stderr)
-            raise _GitFailed(self._failed(what, stderr, proc.returncode), stderr=stderr) from cause
-        return str(out.decode(errors="replace"))
+        return int(proc.returncode), str(out.decode(errors="replace")), stderr
 
     def _failed(self, what: str, stderr: str, status: int) -> str:
         lines = [ln.strip() for ln in stderr.splitlines()]
@@ -441,6 +462,8 @@ def _environment(
         "transfer.fsckObjects": "true",
         "advice.detachedHead": "false",
         "gc.autoDetach": "false",
+        # Trees share inodes through hard links, and a new link changes an inode's ctime.
+        "core.trustctime": "false",
     }
     env = {
         "GIT_TERMINAL_PROMPT": "0",
@@ -463,62 +486,130 @@ def _environment(
 
 
 @contextlib.contextmanager
-def _locked(path: Path, runner: _Runner) -> Iterator[None]:
-    """One fetch per repository at a time, across processes; waiting counts as fetch time."""
-    with path.open("a") as handle:
-        while True:
-            try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                runner.remaining("waiting for the cache lock")
-                time.sleep(0.05)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def checkout(
+    spec: SourceSpec,
+    *,
+    cache_dir: Path,
+    timeout: float,
+    trust: verify.TrustedKeys | None = None,
+) -> Iterator[Revision]:
+    """Fetch ``spec.ref`` of ``spec.url`` and yield its commit, checked out and pinned.
+
+    The tree under ``Revision.path`` is exactly that commit and stays unchanged and on
+    disk until the block ends, whatever other fetches of the repository do meanwhile.
+    Shallow (depth 1) for branches, tags and full shas; an abbreviated sha, or a full sha
+    the server will not serve by name, costs one full fetch (later ones find it in the
+    cache). Force-pushes are followed. Raises ``SourceError`` for every failure, within
+    ``timeout`` seconds. With ``trust``, the commit (or the annotated tag ``spec.ref``
+    names) must be signed by one of those keys, checked before anything is checked out
+    (``verify.UntrustedError`` otherwise).
+    """
+    cache_dir = cache_dir.resolve()
+    store = gitcache.Store.of(cache_dir, spec.url)
+    deadline = time.monotonic() + timeout
+    where = mask_url(spec.url)
+
+    def waiting() -> None:
+        if time.monotonic() > deadline:
+            msg = f"waiting for the cache lock from {where} timed out after {timeout:g}s"
+            raise SourceError(msg)
+
+    with contextlib.ExitStack() as pins:
+        with gitcache.locked(store, waiting=waiting):
+            runner = _Runner(
+                env=_environment(spec, cache_dir=cache_dir, store=store.root, timeout=timeout),
+                deadline=deadline,
+                timeout=timeout,
+                where=where,
+                secrets=tuple(s for s in (spec.auth.secret,) if s),
+            )
+            if not (store.repo / "HEAD").exists():
+                runner.run(
+                    ["init", "--quiet", "--bare", str(store.repo)],
+                    what="creating the cache",
+                    cwd=store.root,
+                )
+            previous = _local_commit(runner, store.repo, spec.ref)
+            sha = _fetch_commit(spec, runner, store.repo)
+            if trust is not None:
+                _verify(runner, store.repo, spec, sha, trust)
+            tree = _export(runner, store, sha)
+            pins.enter_context(gitcache.pin(store, sha))
+            if previous and previous != sha:
+                _drop_if_unused(runner, store, previous)
+            revision = _describe(store.repo, sha, ref=spec.ref, path=_app_dir(tree, spec.path))
+        yield revision
+
+
+def _verify(
+    runner: _Runner, repo_dir: Path, spec: SourceSpec, sha: str, trust: verify.TrustedKeys
+) -> verify.Signer:
+    """git's own signature check of the synced commit, or of the annotated tag named."""
+    local = gitcache.ref_name(spec.ref)
+    git_dir = ["--git-dir", str(repo_dir)]
+    what = f"verifying the signature of {sha[:12]}"
+    kind = runner.run([*git_dir, "cat-file", "-t", local], what=what, cwd=repo_dir).strip()
+    obj = sha
+    if kind == "tag":
+        obj = _rev_parse(runner, repo_dir, local, what=what)
+    else:
+        kind = "commit"
+    raw = runner.run([*git_dir, "cat-file", kind, obj], what=what, cwd=repo_dir)
+    with verify.keyring(trust, timeout=runner.remaining(what)) as (extra, signers):
+        env = _with_config(
+            {**runner.env, **extra},
+            {"gpg.ssh.allowedSignersFile": str(signers), "gpg.program": "gpg"},
+        )
+        checking = dataclasses.replace(runner, env=env)
+        status, _, output = checking.execute(
+            [*git_dir, f"verify-{kind}", "--raw", obj], what=what, cwd=repo_dir
+        )
+    ok = status == 0
+    log = get_logger(app=trust.app, repo=runner.where, ref=spec.ref)
+    try:
+        signer = verify.judge(kind=kind, sha=obj, ok=ok, output=output, raw=raw, keys=trust)
+    except verify.UntrustedError as e:
+        log.error(
+            "source.untrusted",
+            commit=sha,
+            object=kind,
+            signer=e.signer or None,
+            reason=e.reason,
+        )
+        raise
+    log.info("source.verified", commit=sha, object=kind, signer=signer.identity, by=signer.kind)
+    return signer
+
+
+def _with_config(env: Mapping[str, str], config: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with more ``GIT_CONFIG_KEY_n``/``VALUE_n`` pairs appended."""
+    out = dict(env)
+    count = int(out.get("GIT_CONFIG_COUNT", "0"))
+    for key, value in config.items():
+        out[f"GIT_CONFIG_KEY_{count}"] = key
+        out[f"GIT_CONFIG_VALUE_{count}"] = value
+        count += 1
+    out["GIT_CONFIG_COUNT"] = str(count)
+    return out
 
 
 def fetch(spec: SourceSpec, *, cache_dir: Path, timeout: float) -> Revision:
-    """Fetch ``spec.ref`` of ``spec.url``, check it out, and describe the commit.
-
-    Shallow (depth 1) for branches, tags and full shas; an abbreviated sha, or a
-    full sha the server will not serve by name, costs a full fetch. Force-pushes are
-    followed. Raises ``SourceError`` for every failure, within ``timeout`` seconds.
-    """
-    cache_dir = cache_dir.resolve()
-    store = cache_dir / _digest(spec.url)[:32]
-    try:
-        (store / "trees").mkdir(parents=True, exist_ok=True, mode=0o700)
-    except OSError as e:
-        msg = f"cannot create the git cache directory {store}: {e.strerror}"
-        raise SourceError(msg) from e
-    secrets = tuple(s for s in (spec.auth.secret,) if s)
-    runner = _Runner(
-        env=_environment(spec, cache_dir=cache_dir, store=store, timeout=timeout),
-        deadline=time.monotonic() + timeout,
-        timeout=timeout,
-        where=mask_url(spec.url),
-        secrets=secrets,
-    )
-    repo_dir = store / "repo.git"
-    with _locked(store / "lock", runner):
-        if not (repo_dir / "HEAD").exists():
-            runner.run(
-                ["init", "--quiet", "--bare", str(repo_dir)], what="creating the cache", cwd=store
-            )
-        sha = _fetch_commit(spec, runner, repo_dir)
-        tree = store / "trees" / _digest(spec.ref)[:16]
-        _checkout(runner, repo_dir, tree, sha)
-        app_dir = _app_dir(tree, spec.path)
-        return _describe(repo_dir, sha, ref=spec.ref, path=app_dir)
+    """``checkout`` without the pin: the tree stays until the cache's GC finds that no
+    configured app's ref points at it. Renders use ``checkout``."""
+    with checkout(spec, cache_dir=cache_dir, timeout=timeout) as revision:
+        return revision
 
 
 def _fetch_commit(spec: SourceSpec, runner: _Runner, repo_dir: Path) -> str:
     """Bring the wanted commit into the store; return its full sha."""
     ref = spec.ref
-    local = f"refs/gitsync/{_digest(ref)[:16]}"
+    local = gitcache.ref_name(ref)
     what = f"fetching {ref!r}"
+    if _FULL_SHA.fullmatch(ref) or _SHORT_SHA.fullmatch(ref):
+        with contextlib.suppress(SourceError):  # a commit never changes: no need to ask again
+            known = _rev_parse(runner, repo_dir, f"{local}^{{commit}}", what=what)
+            if known.startswith(ref):
+                return known
     base = ["--git-dir", str(repo_dir), "fetch", "--quiet", "--no-tags", "--no-write-fetch-head"]
     try:
         runner.run(
@@ -557,6 +648,31 @@ def _fetch_everything(
     return sha
 
 
+def _local_commit(runner: _Runner, repo_dir: Path, ref: str) -> str:
+    """The commit the cache's ref for ``ref`` points at, or "" before its first fetch."""
+    if not (repo_dir / "HEAD").exists():
+        return ""
+    with contextlib.suppress(SourceError):
+        local = gitcache.ref_name(ref)
+        return _rev_parse(runner, repo_dir, f"{local}^{{commit}}", what=f"reading {ref!r}")
+    return ""
+
+
+def _drop_if_unused(runner: _Runner, store: gitcache.Store, sha: str) -> None:
+    """Remove the tree a ref moved away from, unless another ref or a render still uses it,
+    so the cache stays small between the controller's GC passes (and without them)."""
+    refs = runner.run(
+        ["--git-dir", str(store.repo), "for-each-ref", "--format=%(objectname)", "refs/gitsync/"],
+        what="listing the cache's refs",
+        cwd=store.repo,
+    )
+    if sha in refs.split() or gitcache.pinned(store, sha):
+        return
+    gitcache.remove(store.tree(sha))
+    store.index(sha).unlink(missing_ok=True)
+    store.pin_file(sha).unlink(missing_ok=True)
+
+
 def _rev_parse(runner: _Runner, repo_dir: Path, rev: str, *, what: str) -> str:
     out = runner.run(
         ["--git-dir", str(repo_dir), "rev-parse", "--verify", "--quiet", "--end-of-options", rev],
@@ -566,25 +682,91 @@ def _rev_parse(runner: _Runner, repo_dir: Path, rev: str, *, what: str) -> str:
     return out.strip()
 
 
-def _checkout(runner: _Runner, repo_dir: Path, tree: Path, sha: str) -> None:
-    """Make ``tree`` exactly ``sha``: no leftovers from earlier commits or local edits."""
+def _export(runner: _Runner, store: gitcache.Store, sha: str) -> Path:
+    """The read-only tree of ``sha``: reused if unmodified, else exported and renamed in."""
+    tree = store.tree(sha)
+    if tree.is_dir():
+        if _unmodified(runner, store, sha):
+            return tree
+        if gitcache.pinned(store, sha):
+            msg = (
+                f"the cached checkout of {sha[:12]} was modified while a render reads it; "
+                "it is rebuilt on the next fetch after that render"
+            )
+            raise SourceError(msg)
+        gitcache.remove(tree)
     what = f"checking out {sha[:12]}"
-    if (tree / ".git").is_file():
-        try:
-            runner.run(["checkout", "--quiet", "--force", "--detach", sha], what=what, cwd=tree)
-            runner.run(["clean", "-ffdxq"], what=what, cwd=tree)
-        except SourceError:
-            pass  # a damaged worktree is rebuilt below
-        else:
-            return
-    shutil.rmtree(tree, ignore_errors=True)
-    git_dir = ["--git-dir", str(repo_dir)]
-    runner.run([*git_dir, "worktree", "prune"], what=what, cwd=repo_dir)
-    runner.run(
-        [*git_dir, "worktree", "add", "--quiet", "--force", "--detach", str(tree), sha],
-        what=what,
-        cwd=repo_dir,
-    )
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{sha[:12]}-", dir=store.trees))
+    index = tmp.with_name(tmp.name + ".index")
+    in_tmp = ["--git-dir", str(store.repo), "--work-tree", str(tmp)]
+    with_index = dataclasses.replace(runner, env={**runner.env, "GIT_INDEX_FILE": str(index)})
+    try:
+        base = _base(runner, store, sha)
+        if base is None or not _from_base(with_index, store, base, sha, tmp=tmp, index=index):
+            with_index.run([*in_tmp, "read-tree", sha], what=what, cwd=tmp)
+            with_index.run([*in_tmp, "checkout-index", "--all", "--force"], what=what, cwd=tmp)
+        gitcache.seal(tmp)
+        # Record the final stat data, so the reuse check stays a stat check.
+        with_index.run([*in_tmp, "update-index", "-q", "--refresh"], what=what, cwd=tmp)
+        index.replace(store.index(sha))
+        tmp.rename(tree)
+    except BaseException:
+        gitcache.remove(tmp)
+        index.unlink(missing_ok=True)
+        raise
+    return tree
+
+
+def _base(runner: _Runner, store: gitcache.Store, sha: str) -> str | None:
+    """The newest cached tree other than ``sha``, if unmodified: unchanged files link to it."""
+    built = [(p.stat().st_mtime, p.name.removesuffix(".index")) for p in store.meta.glob("*.index")]
+    for _, base in sorted(built, reverse=True):
+        if base != sha and store.tree(base).is_dir():
+            return base if _unmodified(runner, store, base) else None
+    return None
+
+
+def _from_base(
+    runner: _Runner, store: gitcache.Store, base: str, sha: str, *, tmp: Path, index: Path
+) -> bool:
+    """Fill ``tmp`` with ``sha`` by hard-linking ``base``'s files and letting git switch.
+
+    Writing every file of a large repository costs seconds; links cost little. git
+    replaces a changed file by unlinking it and creating a new one, so ``base`` (whose
+    files are read-only) is never written through a shared link. False if it did not
+    work (e.g. ``base``'s objects were pruned): the caller exports ``sha`` whole.
+    """
+    try:
+        gitcache.link_copy(store.tree(base), tmp)
+        shutil.copyfile(store.index(base), index)
+        in_tmp = ["--git-dir", str(store.repo), "--work-tree", str(tmp)]
+        runner.run(
+            [*in_tmp, "read-tree", "-m", "-u", base, sha],
+            what=f"checking out {sha[:12]}",
+            cwd=tmp,
+        )
+    except (_GitFailed, OSError):
+        gitcache.empty(tmp)
+        index.unlink(missing_ok=True)
+        return False
+    return True
+
+
+def _unmodified(runner: _Runner, store: gitcache.Store, sha: str) -> bool:
+    """Whether the cached tree still holds exactly ``sha``: stat check, then untracked files."""
+    index = store.index(sha)
+    if not index.is_file():
+        return False
+    tree = store.tree(sha)
+    in_tree = ["--git-dir", str(store.repo), "--work-tree", str(tree)]
+    with_index = dataclasses.replace(runner, env={**runner.env, "GIT_INDEX_FILE": str(index)})
+    what = f"checking the cached checkout of {sha[:12]}"
+    try:
+        with_index.run([*in_tree, "diff-files", "--quiet"], what=what, cwd=tree)
+        extra = with_index.run([*in_tree, "ls-files", "--others", "-z"], what=what, cwd=tree)
+    except _GitFailed:
+        return False
+    return not extra
 
 
 def _app_dir(tree: Path, path: str) -> Path:

@@ -14,17 +14,25 @@ So documents are composed here from libyaml's *event* stream, iteratively:
   and floats, but timestamps and ``12:30`` stay strings;
 - every alias use builds fresh dicts and lists, so no two places share a mutable value.
 
+Which documents a file holds follows kubectl's reader: a file starting with ``{`` is a
+stream of JSON values, empty, comment-only and ``null`` documents are no objects, and
+``flatten_list`` turns a ``List`` or typed ``<Kind>List`` into its items.
+
 Every problem is a ``ReadError`` with the line (1-based) it was found at; callers put
 their file name in front of it.
 """
 
 from __future__ import annotations
 
+import bisect
+import contextlib
+import gc
 import json
 import re
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import yaml
 
@@ -36,6 +44,9 @@ __all__ = [
     "ReadLimits",
     "compose_all",
     "construct",
+    "flatten_list",
+    "gc_paused",
+    "is_list",
     "line_at",
     "read_documents",
     "read_first",
@@ -71,6 +82,7 @@ class ReadError(Exception):
 
 _SCALAR, _SEQ, _MAP = 0, 1, 2
 _TAG = "tag:yaml.org,2002:"
+_MAP_TAG, _SEQ_TAG = _TAG + "map", _TAG + "seq"
 
 
 @dataclass(slots=True)
@@ -91,31 +103,60 @@ class Document:
 
     value: Any
     line: int
-    node: Node | None = None  # YAML only: the composed node, for ``line_at``
+    # For ``line_at``: YAML keeps the composed node; JSON a skeleton of the top-level
+    # keys and the ``items`` elements, enough for list items' lines.
+    node: Node | None = None
 
 
 def read_documents(text: str, limits: ReadLimits, *, json_file: bool = False) -> list[Document]:
-    """The objects of one file as kubectl reads them: a ``List`` is flattened into its
-    items and empty documents are dropped. A JSON file holds one document."""
-    if json_file:
-        return _json_docs(text, limits)
-    docs: list[Document] = []
-    for root in compose_all(text, limits):
-        obj = construct(root)
-        if obj is None:
-            continue
-        if isinstance(obj, dict) and obj.get("kind") == "List" and "items" in obj:
-            items = obj["items"]
-            if not isinstance(items, list):
-                raise ReadError(root.line, "a List's items must be a sequence of objects.")
-            item_nodes = _child(root, "items")
-            for i, item in enumerate(items):
-                node = _child(item_nodes, i) if item_nodes else None
-                line = node.line if node else root.line
-                docs.append(Document(value=item, line=line, node=node))
-        else:
-            docs.append(Document(value=obj, line=root.line, node=root))
-    return docs
+    """The documents of one file as kubectl's reader splits them; empty and null ones dropped.
+
+    Like kubectl, the content decides the format, not the name: text that starts with
+    ``{`` is a stream of JSON values, anything else is YAML. A ``.yaml`` file whose JSON
+    does not parse is read again as YAML (a flow mapping is valid YAML); a ``.json`` file
+    keeps the JSON error. Lists are left whole: ``flatten_list`` expands them.
+    """
+    with gc_paused():
+        if text.lstrip()[:1] == "{":
+            try:
+                return _json_docs(text, limits)
+            except ReadError:
+                if json_file:
+                    raise
+        docs: list[Document] = []
+        for root in compose_all(text, limits):
+            obj = construct(root)
+            if obj is not None:
+                docs.append(Document(value=obj, line=root.line, node=root))
+        return docs
+
+
+_gc_lock = threading.Lock()
+_gc_pausers = 0
+_gc_was_enabled = False
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while a file is parsed.
+
+    Parsing makes a tree of small objects that all stay alive, so each collection
+    rescans a growing heap and frees nothing: that was half the time of a 5 MB render.
+    Nested and concurrent users are counted; the last one out restores the collector.
+    """
+    global _gc_pausers, _gc_was_enabled  # noqa: PLW0603 - one process-wide switch
+    with _gc_lock:
+        if _gc_pausers == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_pausers += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pausers -= 1
+            if _gc_pausers == 0 and _gc_was_enabled:
+                gc.enable()
 
 
 def read_first(text: str, limits: ReadLimits, *, only: bool = False) -> tuple[Any, Node | None]:
@@ -130,26 +171,150 @@ def read_first(text: str, limits: ReadLimits, *, only: bool = False) -> tuple[An
     return (construct(roots[0]), roots[0]) if roots else (None, None)
 
 
+# --------------------------------------------------------------------------- lists
+
+
+def is_list(value: Any) -> bool:
+    """A ``List`` or typed ``<Kind>List`` (``ConfigMapList``) that holds ``items``.
+
+    kubectl takes any object with ``items`` for a list; only kinds named ``...List`` are
+    taken here, so a custom resource with a top-level ``items`` field stays one object.
+    """
+    if not isinstance(value, dict) or "items" not in value:
+        return False
+    kind = value.get("kind")
+    return isinstance(kind, str) and kind.endswith("List")
+
+
+def flatten_list(doc: Document) -> tuple[list[Document], list[ReadError]]:
+    """A list's items as documents of their own, each at its own line; else ``[doc]``.
+
+    As kubectl does: items of a typed list (``RoleList``) that name neither kind nor
+    apiVersion get ``Role`` and the list's apiVersion; ``items: null`` is an empty list;
+    a list inside a list is refused, because kubectl refuses it too.
+    """
+    obj = doc.value
+    if not is_list(obj):
+        return [doc], []
+    kind: str = obj["kind"]
+    items = obj["items"]
+    items_node = _child(doc.node, "items")
+    if items is None:
+        return [], []
+    if not isinstance(items, list):
+        line = items_node.line if items_node is not None else doc.line
+        return [], [ReadError(line, f"the {kind}'s items must be a sequence of objects.")]
+    item_kind = kind.removesuffix("List")
+    api_version = obj.get("apiVersion")
+    out: list[Document] = []
+    errors: list[ReadError] = []
+    for i, item in enumerate(items):
+        node = _child(items_node, i)
+        line = node.line if node is not None else doc.line
+        value = item
+        if isinstance(item, dict):
+            if item_kind and not item.get("kind") and not item.get("apiVersion"):
+                rest = {k: v for k, v in item.items() if k not in ("apiVersion", "kind")}
+                value = {"apiVersion": api_version, "kind": item_kind, **rest}
+            if is_list(value):
+                errors.append(
+                    ReadError(
+                        line,
+                        f"a {value['kind']} inside a {kind}: kubectl does not apply nested "
+                        "lists either; put its items in the outer list or a document of "
+                        "their own.",
+                    )
+                )
+                continue
+        out.append(Document(value=value, line=line, node=node))
+    return out, errors
+
+
+# --------------------------------------------------------------------------- JSON
+
+
 def _json_docs(text: str, limits: ReadLimits) -> list[Document]:
-    stripped = text.lstrip()
-    if not stripped:
-        return []
-    line = text.count("\n", 0, len(text) - len(stripped)) + 1
-    try:
-        obj = json.loads(text, object_pairs_hook=_unique_pairs, parse_constant=_no_constant)
-    except json.JSONDecodeError as e:
-        raise ReadError(e.lineno, f"JSON syntax error: {e.msg} (column {e.colno}).") from e
-    except ReadError as e:
-        raise ReadError(line, e.message) from e
-    except RecursionError as e:
-        raise ReadError(line, "the JSON is nested too deeply.") from e
-    if _deeper_than(obj, limits.max_depth):
-        raise ReadError(line, f"the document is nested more than {limits.max_depth} levels deep.")
-    if isinstance(obj, dict) and obj.get("kind") == "List" and "items" in obj:
-        if not isinstance(obj["items"], list):
-            raise ReadError(line, "a List's items must be a sequence of objects.")
-        return [Document(value=item, line=line) for item in obj["items"]]
-    return [Document(value=obj, line=line)]
+    """A stream of JSON values, as kubectl's decoder reads a file that starts with ``{``."""
+    decoder = json.JSONDecoder(object_pairs_hook=_unique_pairs, parse_constant=_no_constant)
+    lines = _LineIndex(text)
+    docs: list[Document] = []
+    end = len(text)
+    i = _skip_ws(text, 0)
+    while i < end:
+        line = lines.line(i)
+        try:
+            obj, after = decoder.raw_decode(text, i)
+        except json.JSONDecodeError as e:
+            raise ReadError(e.lineno, f"JSON syntax error: {e.msg} (column {e.colno}).") from e
+        except ReadError as e:
+            raise ReadError(line, e.message) from e
+        except RecursionError as e:
+            raise ReadError(line, "the JSON is nested too deeply.") from e
+        if _deeper_than(obj, limits.max_depth):
+            raise ReadError(
+                line, f"the document is nested more than {limits.max_depth} levels deep."
+            )
+        if obj is not None:
+            node = _json_skeleton(text, i, decoder, lines) if isinstance(obj, dict) else None
+            docs.append(Document(value=obj, line=line, node=node))
+        i = _skip_ws(text, after)
+    return docs
+
+
+# The C string scanner the json module itself uses (typeshed does not declare it).
+_scanstring: Callable[[str, int], tuple[str, int]] = getattr(json.decoder, "scanstring")  # noqa: B009
+
+_WS = re.compile(r"[ \t\n\r]*")
+
+
+def _skip_ws(text: str, i: int) -> int:
+    match = _WS.match(text, i)
+    return match.end() if match else i
+
+
+@dataclass(slots=True)
+class _LineIndex:
+    """Offset → 1-based line, by bisecting the newline offsets (found once)."""
+
+    text: str
+    newlines: list[int] | None = None
+
+    def line(self, offset: int) -> int:
+        if self.newlines is None:
+            self.newlines = [m.start() for m in re.finditer("\n", self.text)]
+        return bisect.bisect_left(self.newlines, offset) + 1
+
+
+def _json_skeleton(text: str, start: int, decoder: json.JSONDecoder, lines: _LineIndex) -> Node:
+    """Lines of an object's top-level keys and of each element of its ``items`` array.
+
+    Only as deep as ``flatten_list`` and error messages need: the values themselves
+    come from ``json``. The text is known to be valid JSON here.
+    """
+    pairs: list[tuple[Node, Node]] = []
+    i = _skip_ws(text, start + 1)
+    while text[i] == '"':
+        key_line = lines.line(i)
+        key, i = _scanstring(text, i + 1)
+        i = _skip_ws(text, _skip_ws(text, i) + 1)  # past the colon
+        value_node = Node(kind=_SCALAR, line=lines.line(i), value=None)
+        if key == "items" and text[i] == "[":
+            value_node = Node(kind=_SEQ, line=lines.line(i), value=[])
+            i = _skip_ws(text, i + 1)
+            while text[i] != "]":
+                value_node.value.append(Node(kind=_MAP, line=lines.line(i), value=[]))
+                _, i = decoder.raw_decode(text, i)
+                i = _skip_ws(text, i)
+                if text[i] == ",":
+                    i = _skip_ws(text, i + 1)
+            i += 1
+        else:
+            _, i = decoder.raw_decode(text, i)
+        pairs.append((Node(kind=_SCALAR, line=key_line, value=key), value_node))
+        i = _skip_ws(text, i)
+        if text[i] == ",":
+            i = _skip_ws(text, i + 1)
+    return Node(kind=_MAP, line=lines.line(start), value=pairs)
 
 
 def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -239,24 +404,54 @@ class _Composer:
     aliases: int = 0
     alias_nodes: int = 0
 
-    def document(self) -> Node:
+    def document(self) -> Node:  # noqa: PLR0912 - the hot loop, inlined on purpose
+        # The hot loop of render: one pass per event, so the common cases (plain and
+        # quoted strings, string keys) are handled inline rather than in calls.
+        get_event = self.events.get_event
+        stack = self.stack
         while True:
-            event = self.events.get_event()
-            line = event.start_mark.line + 1
-            if isinstance(event, yaml.AliasEvent):
-                node = self._alias(str(event.anchor), line)
-            elif isinstance(event, yaml.ScalarEvent):
-                node = _scalar(event, line)
+            event = get_event()
+            cls = type(event)
+            if cls is yaml.ScalarEvent:
+                line = event.start_mark.line + 1
+                value = event.value
+                if event.tag is None and (
+                    not event.implicit[0] or (value and value[0] not in _NOT_PLAIN_TEXT)
+                ):
+                    node = Node(_SCALAR, line, value)
+                else:
+                    node = _scalar(event, line)
                 if event.anchor:
                     self.anchors[event.anchor] = node
-            elif isinstance(event, yaml.SequenceStartEvent | yaml.MappingStartEvent):
-                self._open(event, line)
+            elif cls is yaml.MappingStartEvent or cls is yaml.SequenceStartEvent:
+                self._open(event, event.start_mark.line + 1)
                 continue
+            elif cls is yaml.AliasEvent:
+                node = self._alias(str(event.anchor), event.start_mark.line + 1)
             else:  # SequenceEnd / MappingEnd
                 node = self._close()
-            if not self.stack:
+            if not stack:
                 return node
-            self._attach(node)
+            top = stack[-1]
+            parent = top.node
+            parent.size += node.size
+            if node.height >= parent.height:
+                parent.height = node.height + 1
+            if parent.kind == _SEQ:
+                parent.value.append(node)
+            elif top.key is None:
+                name = node.value
+                if node.kind == _SCALAR and type(name) is str and not node.merge:
+                    first = top.keys.get(name)
+                    if first is not None:
+                        _duplicate(name, node.line, first)
+                    top.keys[name] = node.line
+                else:
+                    _check_key(node, top)
+                top.key = node
+            else:
+                parent.value.append((top.key, node))
+                top.key = None
 
     def _alias(self, anchor: str, line: int) -> Node:
         target = self.anchors.get(anchor)
@@ -285,34 +480,21 @@ class _Composer:
     def _open(self, event: Any, line: int) -> None:
         if len(self.stack) >= self.limits.max_depth:
             raise ReadError(line, f"the document nests more than {self.limits.max_depth} levels.")
-        is_map = isinstance(event, yaml.MappingStartEvent)
-        if event.tag not in (None, "!", _TAG + ("map" if is_map else "seq")):
-            raise ReadError(line, f"the YAML tag {event.tag} is not supported in manifests.")
-        opened = Node(kind=_MAP if is_map else _SEQ, line=line, value=[])
-        self.stack.append(_Open(node=opened, anchor=event.anchor))
+        is_map = type(event) is yaml.MappingStartEvent
+        tag = event.tag
+        if tag is not None and tag not in ("!", _MAP_TAG if is_map else _SEQ_TAG):
+            raise ReadError(line, f"the YAML tag {tag} is not supported in manifests.")
+        # Positional: this runs once per mapping and sequence of every document.
+        self.stack.append(_Open(Node(_MAP if is_map else _SEQ, line, []), event.anchor, None, {}))
 
     def _close(self) -> Node:
         done = self.stack.pop()
-        node = done.node
-        children = node.value if node.kind == _SEQ else [n for pair in node.value for n in pair]
-        node.size = 1 + sum(c.size for c in children)
-        node.height = 1 + max((c.height for c in children), default=0)
+        node = done.node  # its size and height were counted as its children were attached
         # Anchors are registered when complete, so an alias can never point into the
         # node that contains it: no cycles.
         if done.anchor:
             self.anchors[done.anchor] = node
         return node
-
-    def _attach(self, node: Node) -> None:
-        parent = self.stack[-1]
-        if parent.node.kind == _SEQ:
-            parent.node.value.append(node)
-        elif parent.key is None:
-            _check_key(node, parent)
-            parent.key = node
-        else:
-            parent.node.value.append((parent.key, node))
-            parent.key = None
 
 
 def _check_key(key: Node, parent: _Open) -> None:
@@ -323,12 +505,16 @@ def _check_key(key: Node, parent: _Open) -> None:
     name = _key_text(key.value)
     first = parent.keys.get(name)
     if first is not None:
-        raise ReadError(
-            key.line,
-            f"the key {name!r} appears twice in one mapping (first at line {first}); "
-            "kubectl refuses this too.",
-        )
+        _duplicate(name, key.line, first)
     parent.keys[name] = key.line
+
+
+def _duplicate(name: str, line: int, first: int) -> NoReturn:
+    raise ReadError(
+        line,
+        f"the key {name!r} appears twice in one mapping (first at line {first}); "
+        "kubectl refuses this too.",
+    )
 
 
 def _key_text(value: Any) -> str:
@@ -394,6 +580,8 @@ def _int(text: str) -> int:
 
 # Only plain scalars starting with one of these can be anything but a string.
 _IMPLICIT_FIRST = frozenset("~nNyYtTfFoO+-.0123456789")
+# ... or the merge key ``<<``: plain scalars starting otherwise are text as they are.
+_NOT_PLAIN_TEXT = _IMPLICIT_FIRST | {"<"}
 _IMPLICIT: tuple[tuple[str, re.Pattern[str], Callable[[str], Any]], ...] = (
     ("null", _NULL, lambda _: None),
     ("bool", _TRUE, lambda _: True),
@@ -408,10 +596,13 @@ def construct(node: Node) -> Any:
     if node.kind == _SCALAR:
         return node.value
     if node.kind == _SEQ:
-        return [construct(child) for child in node.value]
+        return [c.value if c.kind == _SCALAR else construct(c) for c in node.value]
     merged: dict[str, Any] = {}
     own: dict[str, Any] = {}
     for key, value in node.value:
+        if not key.merge and type(key.value) is str:
+            own[key.value] = value.value if value.kind == _SCALAR else construct(value)
+            continue
         if key.merge:
             sources = value.value if value.kind == _SEQ else [value]
             for source in sources:

@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.support.git_fixtures",
     "tests.support.controller_process",
     "tests.support.app_fixtures",
+    "tests.support.signing",
 ]

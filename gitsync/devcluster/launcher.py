@@ -345,6 +345,20 @@ class DevCluster:
         self._wait("kube-apiserver /readyz", self.apiserver_ready, deadline)
         self._log.info("devcluster.apiserver_restarted", pid=self._rt.records["kube-apiserver"].pid)
 
+    def restart_etcd(self, *, timeout: float = 60.0) -> None:
+        """Stop etcd only (its data dir stays) and start it again; waits until the API
+        server answers ``/readyz`` again, as after an etcd failover."""
+        if "etcd" not in self._rt.records:
+            raise DevClusterError("etcd is not running under this DevCluster")
+        deadline = time.monotonic() + timeout
+        self._stop_one("etcd")
+        self._wait("the etcd port to be free", self._etcd_port_free, deadline)
+        self._spawn("etcd")
+        self._write_state()
+        self._wait("etcd healthy", self._etcd_healthy, deadline)
+        self._wait("kube-apiserver /readyz", self.apiserver_ready, deadline)
+        self._log.info("devcluster.etcd_restarted", pid=self._rt.records["etcd"].pid)
+
     @classmethod
     def attach(cls, work_dir: Path) -> DevCluster:
         """A handle on a cluster another process started, read from its state file."""
@@ -381,14 +395,10 @@ class DevCluster:
         return status == 200 and body == "ok"
 
     def _apiserver_port_free(self) -> bool:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-            # Go listens with SO_REUSEADDR, so a TIME_WAIT leftover does not count as busy.
-            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                probe.bind((LOOPBACK, self.ports.apiserver))
-            except OSError:
-                return False
-        return True
+        return _port_free(self.ports.apiserver)
+
+    def _etcd_port_free(self) -> bool:
+        return _port_free(self.ports.etcd_client) and _port_free(self.ports.etcd_peer)
 
     def _etcd_healthy(self) -> bool:
         conn = http.client.HTTPConnection(LOOPBACK, self.ports.etcd_client, timeout=2)
@@ -871,3 +881,14 @@ def _tail(path: Path, lines: int = 25) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # Go listens with SO_REUSEADDR, so a TIME_WAIT leftover does not count as busy.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((LOOPBACK, port))
+        except OSError:
+            return False
+    return True

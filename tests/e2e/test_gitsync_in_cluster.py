@@ -1,5 +1,8 @@
 """gitsync as a Pod on the real node: built from the Dockerfile, deployed from config/.
 
+config/ is applied as shipped (the restricted ClusterRole): the app runs as its own
+ServiceAccount, which gitsync impersonates.
+
 Two replicas with their ServiceAccount token (in-cluster config through the Service IP),
 non-root on a read-only root filesystem, probed by the kubelet. They sync an app from a
 ``git daemon`` bound to the Pod bridge, and every failure below is produced by the kubelet
@@ -45,6 +48,8 @@ SYSTEM_NS = "gitsync-system"
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
 APP = "web"
 NOTE = "gitsync.test/note"
+# config/clusterrole.yaml lets gitsync impersonate this account name only.
+DEPLOYER = "shop-deployer"
 
 
 # ------------------------------------------------------------------------- fixtures
@@ -125,6 +130,8 @@ def deployed(
     core = client.CoreV1Api(k8s_api)
     namespace = f"e2e-app-{int(time.time()) % 100000}"
     core.create_namespace({"metadata": {"name": namespace}})
+    access = deployer_access(namespace)
+    kubectl("apply", "-f", "-", input=yaml.safe_dump_all(access))
     good = bridge_git.repo.commit({"web.yaml": app_manifest("v1")}, message="v1")
     manifests = gitsync_manifests(kubectl, gitsync_image, bridge_git.url, namespace)
     began = time.monotonic()
@@ -145,10 +152,46 @@ def deployed(
     print(f"gitsync: first sync done {time.monotonic() - began:.1f}s after apply")
     yield Deployed(namespace=namespace, good=good)
     kubectl("delete", "-f", "-", "--wait=false", input=yaml.safe_dump_all(manifests), check=False)
+    kubectl("delete", "-f", "-", "--wait=false", input=yaml.safe_dump_all(access), check=False)
     core.delete_namespace(namespace)
 
 
 # -------------------------------------------------------------------------- helpers
+
+
+def deployer_access(namespace: str) -> list[dict[str, Any]]:
+    """The app's ServiceAccount, which gitsync impersonates (the restricted default role).
+
+    A Role for what the repository holds and the gate reads, in the app's namespace, and
+    read access to Deployments cluster-wide for the drift watch (docs/deploy.md, RBAC).
+    """
+    rbac = "rbac.authorization.k8s.io"
+    subject = [{"kind": "ServiceAccount", "name": DEPLOYER, "namespace": namespace}]
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount",
+         "metadata": {"name": DEPLOYER, "namespace": namespace}},
+        {"apiVersion": f"{rbac}/v1", "kind": "Role",
+         "metadata": {"name": DEPLOYER, "namespace": namespace},
+         "rules": [
+             {"apiGroups": ["apps"], "resources": ["deployments"],
+              "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
+             {"apiGroups": ["", "apps"], "resources": ["pods", "replicasets"],
+              "verbs": ["get", "list", "watch"]},
+             {"apiGroups": [""], "resources": ["pods"], "verbs": ["delete"]},
+         ]},
+        {"apiVersion": f"{rbac}/v1", "kind": "RoleBinding",
+         "metadata": {"name": DEPLOYER, "namespace": namespace},
+         "roleRef": {"apiGroup": rbac, "kind": "Role", "name": DEPLOYER},
+         "subjects": subject},
+        {"apiVersion": f"{rbac}/v1", "kind": "ClusterRole",
+         "metadata": {"name": f"e2e-{namespace}-read"},
+         "rules": [{"apiGroups": ["apps"], "resources": ["deployments"],
+                    "verbs": ["get", "list", "watch"]}]},
+        {"apiVersion": f"{rbac}/v1", "kind": "ClusterRoleBinding",
+         "metadata": {"name": f"e2e-{namespace}-read"},
+         "roleRef": {"apiGroup": rbac, "kind": "ClusterRole", "name": f"e2e-{namespace}-read"},
+         "subjects": subject},
+    ]  # fmt: skip
 
 
 def app_manifest(release: str, **change: Any) -> str:
@@ -204,6 +247,9 @@ def gitsync_manifests(
                     "branch": "main",
                     "path": ".",
                     "namespace": namespace,
+                    "serviceAccount": {"name": DEPLOYER, "namespace": namespace},
+                    # git:// is refused unless allowed: the bridge is this machine's own.
+                    "allowInsecure": True,
                     "interval": "3s",
                     "prune": True,
                     "selfHeal": False,

@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gitsync.server import sign
+from gitsync.server import sign, sign_for_app
 from tests.support.cluster_fixtures import Kubectl, wait_until
 from tests.support.controller_process import ControllerProcess, lease_config
 from tests.support.git_fixtures import GitHttpServer, SshServer
@@ -80,7 +80,7 @@ def test_run_syncs_two_apps_and_follows_new_commits_while_a_third_hangs(
         {
             "stateNamespace": state_ns,
             "apps": [
-                app_config("hung", blackhole, ns_a),
+                app_config("hung", blackhole, ns_a, allowInsecure=True),
                 app_config("alpha", repo_a.file_url, ns_a),
                 app_config("beta", repo_b.file_url, ns_b),
             ],
@@ -151,7 +151,13 @@ def test_failing_app_is_retried_with_backoff_and_others_keep_syncing(
         {
             "stateNamespace": state_ns,
             "apps": [
-                app_config("gone", f"http://127.0.0.1:{port}/x.git", namespace, interval="1h"),
+                app_config(
+                    "gone",
+                    f"http://127.0.0.1:{port}/x.git",
+                    namespace,
+                    interval="1h",
+                    allowInsecure=True,
+                ),
                 app_config("ok", repo.file_url, namespace),
             ],
             "controller": {
@@ -233,6 +239,77 @@ def test_webhook_with_valid_signature_syncs_at_once_and_bad_ones_are_refused(
     _, metrics = proc.get("/metrics")
     assert b'gitsync_webhook_requests_total{code="202"} 1.0' in metrics
     assert b'gitsync_webhook_requests_total{code="401"} 3.0' in metrics
+    assert proc.terminate() == 0
+
+
+def test_per_app_webhook_secrets_refuse_replays_and_bodies_signed_for_another_app(
+    controllers: Callable[..., ControllerProcess],
+    make_repo: Callable[..., BareRepo],
+    namespace: str,
+    state_ns: str,
+    kubectl: Kubectl,
+) -> None:
+    """Per-app secrets: a replayed delivery and a body signed for the other app get 401/403."""
+    secrets = {"alpha": b"alpha-s3cret", "beta": b"beta-s3cret"}
+    repos = {}
+    for app, secret in secrets.items():
+        kubectl(
+            "create", "secret", "generic", f"hook-{app}", "-n", state_ns,
+            f"--from-literal=secret={secret.decode()}",
+        )  # fmt: skip
+        repos[app] = make_repo(app)
+        repos[app].commit({"cm.yaml": configmap(app, v="1")})
+    proc = controllers(
+        {
+            "stateNamespace": state_ns,
+            "apps": [
+                app_config(
+                    app, repos[app].file_url, namespace, interval="1h",
+                    webhook={"secretRef": f"hook-{app}"},
+                )
+                for app in secrets
+            ],
+            "controller": {"leaderElection": lease_config()},
+        }
+    )  # fmt: skip
+    for app in secrets:
+        proc.wait_event("sync.done", app=app)
+        repos[app].commit({"cm.yaml": configmap(app, v="2")})
+
+    def post(app: str, body: bytes, headers: dict[str, str]) -> int:
+        return proc.request(f"/hooks/{app}", method="POST", body=body, headers=headers)[0]
+
+    body = json.dumps({"ref": "refs/heads/main"}).encode()
+    for_alpha = {"X-Hub-Signature-256": sign(secrets["alpha"], body)}
+    assert post("beta", body, for_alpha) == 401
+    stamp = int(time.time())
+    named_alpha = {
+        "X-Gitsync-Timestamp": str(stamp),
+        "X-Gitsync-Signature": sign_for_app(secrets["alpha"], "alpha", stamp, body),
+        "X-Gitsync-Delivery": "delivery-1",
+    }
+    assert post("beta", body, named_alpha) == 401
+    time.sleep(0.5)
+    assert (cm_data(kubectl, namespace, "beta") or {}).get("v") == "1", "beta was triggered"
+
+    assert post("alpha", body, named_alpha) == 202
+    wait_until(
+        lambda: (cm_data(kubectl, namespace, "alpha") or {}).get("v") == "2",
+        timeout=10,
+        what="webhook-triggered sync of alpha",
+    )
+    assert post("alpha", body, named_alpha) == 403, "a replayed delivery"
+    assert post("alpha", body, for_alpha) == 202
+    assert post("alpha", body, for_alpha) == 403, "a replayed forge delivery"
+    stale = int(time.time()) - 600
+    old = {
+        "X-Gitsync-Timestamp": str(stale),
+        "X-Gitsync-Signature": sign_for_app(secrets["alpha"], "alpha", stale, body),
+    }
+    assert post("alpha", body, old) == 403
+    refused = proc.events("webhook.refused", app="alpha")
+    assert any("replayed" in e["reason"] for e in refused)
+    assert (cm_data(kubectl, namespace, "beta") or {}).get("v") == "1"
     assert proc.terminate() == 0
 
 
@@ -407,13 +484,18 @@ def test_credentials_from_a_secret_work_for_smart_http_and_never_reach_the_logs(
             "stateNamespace": state_ns,
             "apps": [
                 app_config(
-                    "private", git_http.url(repo), namespace, auth={"secretRef": "git-basic"}
+                    "private",
+                    git_http.url(repo),
+                    namespace,
+                    auth={"secretRef": "git-basic"},
+                    allowInsecure=True,
                 ),
                 app_config(
                     "private-token",
                     git_http.url(repo2),
                     namespace,
                     auth={"secretRef": "git-token"},
+                    allowInsecure=True,
                 ),
             ],
             "controller": {"leaderElection": lease_config()},
@@ -474,7 +556,7 @@ def test_a_stuck_sync_makes_readyz_fail(
     proc = controllers(
         {
             "stateNamespace": state_ns,
-            "apps": [app_config("hung", blackhole, namespace)],
+            "apps": [app_config("hung", blackhole, namespace, allowInsecure=True)],
             "controller": {
                 "leaderElection": lease_config(),
                 "stuckAfter": "1s",

@@ -50,8 +50,13 @@ def test_config_renders_with_kubectl_kustomize(kubectl: Kubectl) -> None:
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
     assert {"requests", "limits"} <= set(container["resources"])
-    verbs = {v for rule in docs["ClusterRole"]["rules"] for v in rule["verbs"]}
-    assert not verbs & {"*", "escalate", "bind", "impersonate", "deletecollection"}
+    # The restricted default: impersonate named ServiceAccounts, Events; nothing else.
+    rules = docs["ClusterRole"]["rules"]
+    verbs = {v for rule in rules for v in rule["verbs"]}
+    assert not verbs & {"*", "escalate", "bind", "deletecollection", "get", "list", "delete"}
+    (imp,) = [r for r in rules if "impersonate" in r["verbs"]]
+    assert imp["resources"] == ["serviceaccounts"]
+    assert imp["resourceNames"]
 
 
 @pytest.mark.git
@@ -75,7 +80,7 @@ def test_gitsync_render_accepts_config(
 
 @pytest.fixture
 def deployed(kubectl: Kubectl, tmp_path: Path) -> Iterator[dict[str, str]]:
-    """config/ applied under a unique namespace and name suffix; deleted at teardown."""
+    """config/ with the broad component, under a unique namespace and name suffix."""
     suffix = secrets.token_hex(3)
     ns = f"t-gitsync-system-{suffix}"
     overlay = tmp_path / "overlay"
@@ -90,6 +95,8 @@ def deployed(kubectl: Kubectl, tmp_path: Path) -> Iterator[dict[str, str]]:
                 "namespace": ns,
                 "nameSuffix": f"-{suffix}",
                 "resources": ["../base"],
+                # The broad role (opt-in): this test syncs an app without serviceAccount.
+                "components": ["../base/broad"],
                 "labels": [{"pairs": {"gitsync.test/namespace": "true"}}],
             }
         )

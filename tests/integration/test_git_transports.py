@@ -45,8 +45,11 @@ def _fetch(
     path: str = "deploy",
     auth: GitAuth | None = None,
     timeout: float = 30,
+    allow_insecure: bool = True,
 ) -> Revision:
-    spec = SourceSpec(url=url, ref=ref, path=path, auth=auth or GitAuth())
+    spec = SourceSpec(
+        url=url, ref=ref, path=path, auth=auth or GitAuth(), allow_insecure=allow_insecure
+    )
     return fetch(spec, cache_dir=cache, timeout=timeout)
 
 
@@ -383,3 +386,16 @@ def test_concurrent_fetches_of_one_repo_do_not_collide(
     with ThreadPoolExecutor(max_workers=len(refs)) as pool:
         revs = list(pool.map(lambda ref: _fetch(git_daemon.url(repo), cache, ref=ref), refs))
     assert [r.sha for r in revs] == [tip, tagged, tagged] * 2
+
+
+def test_plaintext_transports_are_refused_by_default_and_allowed_on_request(
+    repo: BareRepo, git_daemon: GitDaemon, git_http: GitHttpServer, cache: Path
+) -> None:
+    """git:// and http:// are refused (before any request) unless allowed; then they fetch."""
+    auth = GitAuth(token=git_http.token)
+    for url, given in ((git_daemon.url(repo), None), (git_http.url(repo), auth)):
+        sent = len(git_http.requests)
+        with pytest.raises(SourceError, match=r"allowInsecure: true.*--allow-insecure"):
+            _fetch(url, cache, auth=given, allow_insecure=False)
+        assert len(git_http.requests) == sent
+        assert _fetch(url, cache, auth=given, allow_insecure=True).sha == repo.head()

@@ -65,3 +65,11 @@ def test_dockerfile_pins_kustomize_and_runs_as_non_root() -> None:
     assert "USER 10001:10001" in text
     assert 'ENTRYPOINT ["gitsync", "run"]' in text
     assert "pip install ." in text
+
+
+def test_dockerfile_pins_helm() -> None:
+    """The image has the pinned helm that renders charts, on PATH."""
+    text = (ROOT / "Dockerfile").read_text()
+    assert "ARG HELM_VERSION=v3.22.0" in text
+    assert "helm.sh/helm/v3/cmd/helm@${HELM_VERSION}" in text
+    assert "COPY --from=helm /out/helm /usr/local/bin/helm" in text

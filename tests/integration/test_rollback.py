@@ -11,6 +11,7 @@ import structlog
 
 from gitsync import inventory
 from gitsync.kube import Kube
+from tests.support import manifests
 from tests.support.app_fixtures import App, ref
 
 pytestmark = [pytest.mark.cluster, pytest.mark.git]
@@ -36,28 +37,7 @@ data:
 def deployment(
     *, image: str = "registry.invalid/web:1", behavior: str = "", deadline: int = 600
 ) -> str:
-    extra = f"\n        gitsync.test/behavior: {behavior}" if behavior else ""
-    return f"""\
-apiVersion: apps/v1
-kind: Deployment
-metadata:
-  name: web
-  namespace: {{ns}}
-spec:
-  replicas: 2
-  progressDeadlineSeconds: {deadline}
-  selector:
-    matchLabels:
-      app: web
-  template:
-    metadata:
-      labels:
-        app: web{extra}
-    spec:
-      containers:
-        - name: web
-          image: {image}
-"""
+    return manifests.deployment(image=image, behavior=behavior, deadline=deadline, replicas=2)
 
 
 def config_map(name: str) -> str:
@@ -258,7 +238,10 @@ def test_statefulset_and_job_are_judged(app: App, kube: Kube) -> None:
     assert sts["status"].get("readyReplicas") == 2
     job = kube.get(ref("Job", "migrate-1", app.ns, "batch"))
     assert job is not None
-    assert any(c["type"] == "Complete" for c in job["status"].get("conditions", []))
+    # The Job controller sets SuccessCriteriaMet first and Complete once its Pods are gone;
+    # either one is success.
+    done = {"Complete", "SuccessCriteriaMet"}
+    assert any(c["type"] in done for c in job["status"].get("conditions", []))
 
     app.commit(good | {"db.yaml": _fill(STATEFULSET, "crashloop", "2")})
     bad = app.sync()

@@ -213,7 +213,7 @@ def test_first_sync_creates_everything_in_dependency_order(app: App, kube: Kube)
     assert live is not None
     assert live["metadata"]["labels"]["gitsync.io/app"] == app.name
     assert live["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "gitsync"
-    assert any(m["manager"] == "gitsync" for m in live["metadata"]["managedFields"])
+    assert any(m["manager"] == f"gitsync-{app.name}" for m in live["metadata"]["managedFields"])
     state = inventory.read_state(kube, app=app.name, namespace=app.ctx.state_namespace)
     assert len(state.inventory) == 10
     assert state.revision == app.repo.head()
@@ -347,7 +347,8 @@ def test_object_rejected_by_dry_run_changes_nothing(app: App, kube: Kube) -> Non
 
 
 def test_render_error_changes_nothing(app: App, kube: Kube) -> None:
-    """Broken YAML is reported with file:line and nothing reaches the cluster."""
+    """Broken YAML is reported with file:line, nothing of the app reaches the cluster, and
+    the refusal is recorded in the app's state."""
     app.commit(FULL_APP | {"h-broken.yaml": "apiVersion: v1\nkind: ConfigMap\nmetadata: [oops\n"})
     kube.calls.clear()
     result = app.sync()
@@ -355,6 +356,8 @@ def test_render_error_changes_nothing(app: App, kube: Kube) -> None:
     assert "h-broken.yaml:" in result.error
     assert _writes(kube) == 0
     assert kube.get(_ref("Namespace", app.ns)) is None
+    state = inventory.read_state(kube, app=app.name, namespace=app.ctx.state_namespace)
+    assert "h-broken.yaml:" in state.history[-1].reason
 
 
 def test_secret_values_never_in_plan(app: App, kube: Kube) -> None:

@@ -56,6 +56,16 @@ def kube(kubeconfig: Path) -> Kube:
 
 
 @pytest.fixture
+def neighbour(app: App, make_repo: Callable[..., BareRepo], tmp_path: Path) -> App:
+    """A second app beside ``app``: same namespace and state namespace, its own repo."""
+    name = f"{app.name}-b"
+    ctx = Context(
+        kube=app.ctx.kube, cache_dir=tmp_path / "cache-b", state_namespace=app.ctx.state_namespace
+    )
+    return App(name=name, ns=app.ns, repo=make_repo(name), ctx=ctx)
+
+
+@pytest.fixture
 def app(kube: Kube, make_repo: Callable[..., BareRepo], tmp_path: Path) -> Iterator[App]:
     """A fresh app with unique name, namespace, CRD group and state namespace."""
     suffix = uuid.uuid4().hex[:6]

@@ -26,6 +26,10 @@ import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tests.support.signing import SigningKey
 
 # Fixed identity and clock: reproducible shas, and no dependence on ~/.gitconfig.
 _EPOCH = 1_700_000_000
@@ -118,12 +122,13 @@ class BareRepo:
         branch: str | None = None,
         parent: str | None = "tip",
         force: bool = False,
+        sign: SigningKey | None = None,
     ) -> str:
         """Commit ``tree`` on ``branch`` and return its sha.
 
         ``parent="tip"`` continues the branch, ``None`` makes a root commit, a sha
         makes a child of that commit; ``force`` allows the branch to move backwards
-        or sideways (a force-push).
+        or sideways (a force-push). ``sign`` signs the commit with git's own signing.
         """
         branch = branch or self.branch
         ref = f"refs/heads/{branch}"
@@ -146,6 +151,9 @@ class BareRepo:
         when = f"{_EPOCH + self._tick * 60} +0000"
         dates = {"GIT_AUTHOR_DATE": when, "GIT_COMMITTER_DATE": when}
         args = ["--git-dir", str(self.path), "commit-tree", tree_sha]
+        if sign is not None:
+            args = [*sign.config, *args, "-S"]
+            dates.update(sign.env)
         for p in parents:
             args += ["-p", p]
         args += ["-m", message or f"commit {self._tick}"]
@@ -172,13 +180,26 @@ class BareRepo:
             tree, message=message or "rewritten", branch=branch, parent=parent, force=True
         )
 
-    def tag(self, name: str, sha: str | None = None, *, annotated: bool = False) -> None:
-        """Tag ``sha`` (default: the branch tip), lightweight or annotated."""
+    def tag(
+        self,
+        name: str,
+        sha: str | None = None,
+        *,
+        annotated: bool = False,
+        sign: SigningKey | None = None,
+    ) -> None:
+        """Tag ``sha`` (default: the branch tip), lightweight, annotated or signed."""
         target = sha or self.head()
         args = ["--git-dir", str(self.path), "tag", "--force"]
-        if annotated:
-            args += ["-a", "-m", f"tag {name}"]
-        git(*args, name, target, env={"GIT_COMMITTER_DATE": f"{_EPOCH} +0000"})
+        env = {"GIT_COMMITTER_DATE": f"{_EPOCH} +0000"}
+        if sign is not None:
+            args = [*sign.config, *args, "-s"]
+            env.update(sign.env)
+        if annotated or sign is not None:
+            args += ["-m", f"tag {name}"]
+            if sign is None:
+                args.insert(-2, "-a")
+        git(*args, name, target, env=env)
 
     def _resolve(self, rev: str) -> str | None:
         try:

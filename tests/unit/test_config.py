@@ -30,6 +30,13 @@ def test_minimal_app_gets_defaults():
         ({"apps": [_app(name="Shop_1")]}, "apps[0].name: 'Shop_1' must be a DNS label"),
         ({"apps": [_app(path="../x")]}, "apps[0].path: '../x' must be a relative path"),
         ({"apps": [{"name": "x"}]}, "apps[0].repo: Field required"),
+        (
+            {"apps": [_app(repo="http://git.example.test/deploy.git")]},
+            "apps[0].repo: http:// is unencrypted",
+        ),
+        ({"apps": [_app(repo="git://h/d.git")]}, "or set allowInsecure: true on this app"),
+        ({"apps": [_app(verify={})]}, "apps[0].verify: give exactly one of secretRef or keys"),
+        ({"apps": [_app(webhook={})]}, "apps[0].webhook.secretRef: Field required"),
     ],
 )
 def test_bad_config_says_where(raw, expected):
@@ -79,3 +86,20 @@ def test_load_refuses_duplicate_keys_and_documents(tmp_path, text, expected):
     f.write_text(text)
     with pytest.raises(ConfigError, match=expected):
         load(f)
+
+
+def test_plaintext_repo_allowed_with_allow_insecure():
+    """allowInsecure: true accepts http:// and git://; verify and webhook refs parse."""
+    raw = _app(
+        repo="git://git.example.test/deploy.git",
+        allowInsecure=True,
+        verify={"secretRef": "signers"},
+        webhook={"secretRef": "hook-shop"},
+    )
+    (app,) = parse({"apps": [raw]}).apps
+    assert app.allow_insecure
+    assert app.verify is not None
+    assert app.verify.secret_ref == "signers"
+    assert app.webhook is not None
+    assert app.webhook.secret_ref.name == "hook-shop"
+    assert app.webhook.secret_ref.key == "secret"

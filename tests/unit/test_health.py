@@ -258,3 +258,16 @@ def test_crashloop_reason_names_the_last_exit_not_the_backoff_text():
     pull = _pod(waiting="ImagePullBackOff")
     pull["status"]["containerStatuses"][0]["state"]["waiting"]["message"] = 'Back-off pulling "x"'
     assert pod_problem(pull).endswith(': Back-off pulling "x"')
+
+
+def test_default_timeout_follows_each_kinds_deadline():
+    """Jobs, StatefulSets and DaemonSets set the gate's default deadline, not Deployments only."""
+    from gitsync.gate import MARGIN_SECONDS, default_timeout
+
+    job = {"kind": "Job", "spec": {"activeDeadlineSeconds": 1200}}
+    dep = {"kind": "Deployment", "spec": {"progressDeadlineSeconds": 60}}
+    sts = {"kind": "StatefulSet", "spec": {"replicas": 3, "minReadySeconds": 100}}
+    assert default_timeout([dep]) == 60 + MARGIN_SECONDS
+    assert default_timeout([dep, job]) == 1200 + MARGIN_SECONDS
+    assert default_timeout([sts]) == 600 + 300 + MARGIN_SECONDS
+    assert default_timeout([{"kind": "ConfigMap"}]) == 60 + MARGIN_SECONDS

@@ -37,12 +37,24 @@ def test_diff_reports_field_paths_and_values():
     assert paths["data.c"].desired == "new"
 
 
-def test_diff_list_index_paths():
-    """List members are addressed with [index]."""
-    live = {"kind": "X", "metadata": {}, "spec": {"c": [{"image": "a"}]}}
-    desired = {"kind": "X", "metadata": {}, "spec": {"c": [{"image": "b"}]}}
+def test_diff_list_paths_follow_merge_keys():
+    """List members are addressed by merge key, as drift addresses them; a list without
+    one is atomic and reported whole."""
+    live = {"kind": "X", "metadata": {}, "spec": {"containers": [{"name": "web", "image": "a"}]}}
+    desired = {"kind": "X", "metadata": {}, "spec": {"containers": [{"name": "web", "image": "b"}]}}
     (d,) = diff_objects(live, desired)
-    assert d.path == "spec.c[0].image"
+    assert d.path == "spec.containers[name=web].image"
+    assert (d.live, d.desired) == ("a", "b")
+    (whole,) = diff_objects({"kind": "X", "spec": {"c": [1]}}, {"kind": "X", "spec": {"c": [2]}})
+    assert whole.path == "spec.c"
+
+
+def test_removed_field_is_reported_once_at_its_top():
+    """A field the apply removes is one difference at the removed path, not one per leaf."""
+    live = _cm({"a": "1"}, labels={"x": "1", "y": "2"})
+    desired = _cm({"a": "1"}, labels={"x": "1"})
+    (d,) = diff_objects(live, desired)
+    assert (d.path, d.live, d.desired) == ("metadata.labels.y", "2", None)
 
 
 def _secret(data: dict) -> dict:

@@ -300,7 +300,7 @@ spec:
 
 
 def _oversize(app: Path) -> None:
-    (app / "big.yaml").write_bytes(b"# " + b"x" * (2 * 1024 * 1024) + b"\n")
+    (app / "big.yaml").write_bytes(b"# " + b"x" * (16 * 1024 * 1024) + b"\n")
 
 
 def _symlink_escape(app: Path) -> None:
@@ -319,8 +319,8 @@ def _not_regular(app: Path) -> None:
 
 
 def _total_size(app: Path) -> None:
-    for i in range(10):
-        (app / f"part{i}.yaml").write_bytes(b"# " + b"x" * (2 * 1024 * 1024 - 10) + b"\n")
+    for i in range(5):
+        (app / f"part{i}.yaml").write_bytes(b"# " + b"x" * (16 * 1024 * 1024 - 10) + b"\n")
 
 
 GENERATED: dict[str, Callable[[Path], None]] = {

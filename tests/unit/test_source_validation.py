@@ -190,10 +190,20 @@ def test_token_uses_x_access_token_user() -> None:
 def test_secret_over_plaintext_or_non_https_refused(url: str) -> None:
     """A password or token is only sent over https, or plain http to loopback."""
     with pytest.raises(SourceError, match="token"):
-        SourceSpec(url=url, auth=GitAuth(token="t"))
+        SourceSpec(url=url, auth=GitAuth(token="t"), allow_insecure=True)
 
 
 @pytest.mark.parametrize("url", ["http://127.0.0.1:8080/d.git", "http://localhost/d.git"])
 def test_secret_over_loopback_http_allowed(url: str) -> None:
     """Plain http with credentials is allowed to this machine (tests, sidecars)."""
-    assert SourceSpec(url=url, auth=GitAuth(token="t")).url == url
+    assert SourceSpec(url=url, auth=GitAuth(token="t"), allow_insecure=True).url == url
+
+
+@pytest.mark.parametrize(
+    "url", ["http://git.example.com/deploy.git", "git://git.example.com/deploy.git"]
+)
+def test_plaintext_urls_need_allow_insecure(url: str) -> None:
+    """http:// and git:// are refused by default, saying how to allow them."""
+    with pytest.raises(SourceError, match=r"allowInsecure: true"):
+        SourceSpec(url=url)
+    assert SourceSpec(url=url, allow_insecure=True).url == url

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,10 +14,13 @@ from typing import Any
 import pytest
 
 from gitsync import log
-from gitsync.server import Server, WebhookSettings, sign, verify_signature
+from gitsync import server as server_module
+from gitsync.server import Server, WebhookSettings, sign, sign_for_app, verify_signature
 
 SECRET = b"It's a Secret to Everybody"
+BLOG_SECRET = b"blog-only"
 BODY = b"Hello, World!"
+REPOS = {"shop": "https://git.example.test/acme/shop.git", "blog": "https://git.example.test/b"}
 
 
 def test_signature_matches_githubs_documented_example() -> None:
@@ -68,7 +74,12 @@ def served() -> Iterator[tuple[Server, FakeController]]:
     server = Server(
         listen="127.0.0.1:0",
         controller=fake,
-        webhook=WebhookSettings(secret=SECRET, max_body_bytes=1024),
+        webhook=WebhookSettings(
+            secret=SECRET,
+            max_body_bytes=1024,
+            app_secrets={"blog": BLOG_SECRET},
+            app_repos=REPOS,
+        ),
         logger=log.get(component="server"),
     )
     server.start()
@@ -110,7 +121,7 @@ def test_signed_post_triggers_the_app(served: tuple[Server, FakeController]) -> 
 def test_gitea_header_is_accepted(served: tuple[Server, FakeController]) -> None:
     """Gitea's X-Gitea-Signature carries the bare hex digest."""
     server, fake = served
-    header = {"X-Gitea-Signature": sign(SECRET, BODY).removeprefix("sha256=")}
+    header = {"X-Gitea-Signature": sign(BLOG_SECRET, BODY).removeprefix("sha256=")}
     assert call(server, "POST", "/hooks/blog", BODY, header)[0] == 202
     assert fake.triggered == ["blog"]
 
@@ -207,3 +218,172 @@ def test_hooks_are_404_when_no_webhook_is_configured() -> None:
         assert call(server, "GET", "/hooks/shop")[0] == 404
     finally:
         server.stop()
+
+
+def app_signed(
+    app: str,
+    body: bytes = BODY,
+    *,
+    secret: bytes = SECRET,
+    at: int | None = None,
+    delivery: str = "",
+) -> dict[str, str]:
+    """gitsync's scheme: the app name and the time are inside the HMAC."""
+    stamp = int(time.time()) if at is None else at
+    headers = {
+        "X-Gitsync-Timestamp": str(stamp),
+        "X-Gitsync-Signature": sign_for_app(secret, app, stamp, body),
+    }
+    if delivery:
+        headers["X-Gitsync-Delivery"] = delivery
+    return headers
+
+
+def test_app_bound_signature_triggers_once_and_a_replay_is_refused(
+    served: tuple[Server, FakeController],
+) -> None:
+    """A delivery signed for the app syncs; the very same delivery sent again gets 403."""
+    server, fake = served
+    headers = app_signed("shop", delivery="d-1")
+    assert call(server, "POST", "/hooks/shop", BODY, headers)[0] == 202
+    assert call(server, "POST", "/hooks/shop", BODY, headers)[0] == 403
+    same_id = app_signed("shop", b'{"x": 1}', delivery="d-1")
+    assert call(server, "POST", "/hooks/shop", b'{"x": 1}', same_id)[0] == 403
+    forge = signed()
+    assert call(server, "POST", "/hooks/shop", BODY, forge)[0] == 202
+    assert call(server, "POST", "/hooks/shop", BODY, forge)[0] == 403, "forge replay"
+    assert fake.triggered == ["shop", "shop"]
+
+
+def test_stale_or_future_deliveries_are_refused(served: tuple[Server, FakeController]) -> None:
+    """Timestamps more than 5 minutes away from now are outside the replay window: 403."""
+    server, fake = served
+    now = int(time.time())
+    for at in (now - 301, now + 301):
+        assert call(server, "POST", "/hooks/shop", BODY, app_signed("shop", at=at))[0] == 403
+    bad = {**app_signed("shop"), "X-Gitsync-Timestamp": "soon"}
+    assert call(server, "POST", "/hooks/shop", BODY, bad)[0] == 401
+    assert fake.triggered == []
+
+
+def test_a_body_signed_for_another_app_is_refused(served: tuple[Server, FakeController]) -> None:
+    """Signed for shop, sent to blog: 401 (other name signed, or other app's secret)."""
+    server, fake = served
+    assert call(server, "POST", "/hooks/blog", BODY, app_signed("shop"))[0] == 401
+    forged = app_signed("shop", secret=BLOG_SECRET)  # blog's secret, shop's name
+    assert call(server, "POST", "/hooks/blog", BODY, forged)[0] == 401
+    assert call(server, "POST", "/hooks/blog", BODY, signed())[0] == 401, "fallback for blog"
+    assert (
+        call(server, "POST", "/hooks/shop", BODY, app_signed("shop", secret=BLOG_SECRET))[0] == 401
+    )
+    assert fake.triggered == []
+    assert (
+        call(server, "POST", "/hooks/blog", BODY, app_signed("blog", secret=BLOG_SECRET))[0] == 202
+    )
+    assert fake.triggered == ["blog"]
+
+
+def _shared_server(fake: FakeController) -> Server:
+    """shop and blog both on the fallback secret: forge bodies must name the repository."""
+    server = Server(
+        listen="127.0.0.1:0",
+        controller=fake,
+        webhook=WebhookSettings(secret=SECRET, app_repos=REPOS),
+        logger=log.get(component="server"),
+    )
+    server.start()
+    return server
+
+
+def test_shared_secret_forge_body_must_name_the_apps_repository() -> None:
+    """With a shared secret, a GitHub body for shop's repository cannot trigger blog: 403."""
+    fake = FakeController()
+    server = _shared_server(fake)
+    try:
+        push = json.dumps(
+            {"ref": "refs/heads/main", "repository": {"clone_url": REPOS["shop"]}}
+        ).encode()
+        assert call(server, "POST", "/hooks/blog", push, signed(push))[0] == 403
+        assert call(server, "POST", "/hooks/blog", BODY, signed())[0] == 403
+        assert fake.triggered == []
+        assert call(server, "POST", "/hooks/shop", push, signed(push))[0] == 202
+        assert call(server, "POST", "/hooks/blog", BODY, app_signed("blog"))[0] == 202
+        assert fake.triggered == ["shop", "blog"]
+    finally:
+        server.stop()
+
+
+def test_standby_refusal_does_not_burn_the_delivery(
+    served: tuple[Server, FakeController],
+) -> None:
+    """A delivery a standby asked to retry is accepted when retried on the leader."""
+    server, fake = served
+    headers = app_signed("shop", delivery="d-retry")
+    fake.leader = False
+    assert call(server, "POST", "/hooks/shop", BODY, headers)[0] == 503
+    fake.leader = True
+    assert call(server, "POST", "/hooks/shop", BODY, headers)[0] == 202
+
+
+def test_connections_beyond_the_handler_bound_get_503(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With every handler busy, a new connection gets 503 at once; later ones are served."""
+    monkeypatch.setattr(server_module._HTTPServer, "max_handlers", 2)
+    fake = FakeController()
+    server = Server(listen="127.0.0.1:0", controller=fake, webhook=None, logger=log.get())
+    server.start()
+    idle = [socket.create_connection(("127.0.0.1", server.port)) for _ in range(2)]
+    try:
+        assert call(server, "GET", "/healthz")[0] == 503
+        for sock in idle:
+            sock.close()
+        wait = [call(server, "GET", "/healthz")[0] for _ in range(50)]
+        assert 200 in wait
+    finally:
+        for sock in idle:
+            sock.close()
+        server.stop()
+
+
+def test_a_trickled_request_is_cut_at_its_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each byte in time, the whole request late: the deadline is per request, not per read."""
+    monkeypatch.setattr(server_module._Handler, "timeout", 0.5)
+    fake = FakeController()
+    server = Server(listen="127.0.0.1:0", controller=fake, webhook=None, logger=log.get())
+    server.start()
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.settimeout(5)
+    try:
+        answer = b""
+        request = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 20 + b"\r\n\r\n"
+        for byte in request:
+            try:
+                sock.sendall(bytes([byte]))
+            except OSError:
+                break
+            time.sleep(0.05)  # each read well inside 0.5s, the whole request not
+        with contextlib.suppress(OSError):
+            answer = sock.recv(1024)
+        assert b"200" not in answer
+        assert answer == b"", "the connection is closed without an answer"
+    finally:
+        sock.close()
+        server.stop()
+
+
+def test_a_secret_is_shared_when_another_app_would_accept_it() -> None:
+    """Own secrets bind alone; the fallback of one app binds; any overlap needs the body's repo."""
+    repos = {"a": "https://x/a", "b": "https://x/b", "c": "https://x/c"}
+    own = WebhookSettings(app_secrets={"a": b"1", "b": b"2", "c": b"3"}, app_repos=repos)
+    assert not any(own.shared(app) for app in repos)
+    same = WebhookSettings(app_secrets={"a": b"1", "b": b"1", "c": b"3"}, app_repos=repos)
+    assert [same.shared(app) for app in repos] == [True, True, False]
+    one_fallback = WebhookSettings(secret=b"f", app_secrets={"a": b"1", "b": b"2"}, app_repos=repos)
+    assert not one_fallback.shared("c")
+    fallback_reused = WebhookSettings(
+        secret=b"1", app_secrets={"a": b"1", "b": b"2"}, app_repos=repos
+    )
+    assert fallback_reused.shared("c")
+    assert fallback_reused.shared("a")
+    two_fallback = WebhookSettings(secret=b"f", app_secrets={"a": b"1"}, app_repos=repos)
+    assert two_fallback.shared("b")
+    assert two_fallback.shared("c")
