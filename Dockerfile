@@ -1,10 +1,16 @@
 # gitsync controller image.  Build: docker build -t gitsync:0.1.0 .
+# Without a registry (the tests): hack/build-image.sh builds this file with buildah on base
+# images assembled from Debian packages, passed in as the two build arguments below.
 # Runs as `gitsync run --config /etc/gitsync/config.yaml` (see config/deployment.yaml),
 # as a non-root user, on a read-only root filesystem: everything it writes goes to
 # /var/cache/gitsync (Git cache) and /tmp (HOME, credential files), both emptyDirs.
 
+# One Go toolchain builds both tools (Helm v3.22 needs Go 1.26; kustomize builds with it).
+ARG GO_IMAGE=golang:1.26
+ARG PYTHON_IMAGE=python:3.11-slim
+
 # --- kustomize, pinned, built from source (the Go module proxy is the only source) ------
-FROM golang:1.24 AS kustomize
+FROM ${GO_IMAGE} AS kustomize
 ARG KUSTOMIZE_VERSION=v5.7.1
 RUN CGO_ENABLED=0 GOBIN=/out GOFLAGS=-trimpath \
     go install -ldflags "-s -w -X sigs.k8s.io/kustomize/api/provenance.version=${KUSTOMIZE_VERSION}" \
@@ -12,7 +18,7 @@ RUN CGO_ENABLED=0 GOBIN=/out GOFLAGS=-trimpath \
  && /out/kustomize version
 
 # --- helm, pinned, built from source (Helm v3.22 needs Go 1.26): renders charts --------
-FROM golang:1.26 AS helm
+FROM ${GO_IMAGE} AS helm
 ARG HELM_VERSION=v3.22.0
 RUN CGO_ENABLED=0 GOBIN=/out GOFLAGS=-trimpath \
     go install -ldflags "-s -w -X helm.sh/helm/v3/internal/version.version=${HELM_VERSION}" \
@@ -21,7 +27,7 @@ RUN CGO_ENABLED=0 GOBIN=/out GOFLAGS=-trimpath \
 
 # --- the package, in a venv that is copied whole into the final image -------------------
 # The same steps as tests/integration/test_package.py runs on every test run.
-FROM python:3.11-slim AS build
+FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 # README.md* : the build must not depend on the README being present.
@@ -33,7 +39,7 @@ RUN python -m venv /opt/gitsync \
  && /opt/gitsync/bin/gitsync --version
 
 # --- runtime --------------------------------------------------------------------------
-FROM python:3.11-slim
+FROM ${PYTHON_IMAGE}
 RUN apt-get update \
  && apt-get install -y --no-install-recommends git openssh-client ca-certificates \
  && rm -rf /var/lib/apt/lists/* \

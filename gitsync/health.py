@@ -175,11 +175,24 @@ def _pod(obj: KubeObject, now: datetime | None = None) -> Health:
     if phase == "Succeeded":
         return CURRENT
     if phase == "Failed":
-        return Health(Status.FAILED, "Pod failed")
+        return Health(Status.FAILED, _failed_pod_reason(obj))
     ready = _cond(obj, "Ready")
     if ready and ready.get("status") == "True":
         return CURRENT
     return Health(Status.IN_PROGRESS, f"Pod is {phase or 'Pending'}, not Ready")
+
+
+def _failed_pod_reason(obj: KubeObject) -> str:
+    """Pod failed, plus why each container ended (OOMKilled, Error) as the kubelet says."""
+    status = obj.get("status") or {}
+    ends = []
+    for cs in status.get("containerStatuses") or []:
+        terminated = (cs.get("state") or {}).get("terminated") or {}
+        if terminated.get("exitCode"):
+            reason = terminated.get("reason") or "Error"
+            ends.append(f"container {cs.get('name')} {reason} (exit {terminated['exitCode']})")
+    detail = ": " + ", ".join(ends) if ends else ""
+    return f"Pod failed{detail}"
 
 
 def _pvc(obj: KubeObject) -> Health:
@@ -247,11 +260,33 @@ def assess(
         return _pod(obj, now=now)
     rule = _RULES.get((group, kind), _generic)
     health = rule(obj)
+    if health.status is Status.FAILED and kind == "Deployment" and _stale_deadline(obj, pods):
+        return Health(
+            Status.IN_PROGRESS,
+            "ProgressDeadlineExceeded is left from the previous rollout; "
+            "the current ReplicaSet's Pods are all Ready",
+        )
     if health.status is Status.IN_PROGRESS and pods:
         problem = first_pod_problem(pods, now=now)
         if problem:
             return Health(Status.FAILED, problem)
     return health
+
+
+def _stale_deadline(obj: KubeObject, pods: Sequence[KubeObject]) -> bool:
+    """ProgressDeadlineExceeded although every Pod of the current revision is Ready.
+
+    Seen on the real node: right after a rollback to a ReplicaSet that never lost its
+    Pods, the controller has observed the new generation but keeps the timed-out
+    condition until the bad ReplicaSet is scaled down (its next sync). Judging the
+    rollback Failed then would strand the app; the condition is the old rollout's.
+    """
+    progressing = _cond(obj, "Progressing")
+    if not progressing or progressing.get("reason") != "ProgressDeadlineExceeded":
+        return False
+    want = (obj.get("spec") or {}).get("replicas", 1)
+    ready = [p for p in pods if (_cond(p, "Ready") or {}).get("status") == "True"]
+    return bool(pods) and len(ready) == len(pods) and len(ready) >= want
 
 
 def pod_problem(pod: KubeObject, *, now: datetime | None = None) -> str:

@@ -15,6 +15,7 @@ from pathlib import Path
 from gitsync import log
 
 from .launcher import ClusterConfig, DevCluster, DevClusterError, resolve_bin_dir
+from .realnode import REAL_NODE_LABEL
 
 DIR_ENV = "GITSYNC_DEVCLUSTER_DIR"
 
@@ -37,6 +38,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bin-dir", type=Path, default=None, help="prebuilt binaries")
     parser.add_argument("--nodes", type=int, default=3, help="KWOK nodes to create (up)")
     parser.add_argument(
+        "--real-node",
+        action="store_true",
+        help="up: add one real node (kubelet + containerd; root, hack/install-deps.sh realnode)",
+    )
+    parser.add_argument(
         "--print-env",
         action="store_true",
         help="up: print `export KUBECONFIG=...` on stdout (always done; kept for scripts)",
@@ -47,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     work_dir = (args.work_dir or default_work_dir()).resolve()
     try:
         if args.command == "up":
-            return _up(work_dir, args.bin_dir, args.nodes)
+            return _up(work_dir, args.bin_dir, args.nodes, real_node=args.real_node)
         if args.command == "down":
             return _down(work_dir)
         if args.command == "kubectl-path":
@@ -58,23 +64,35 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _up(work_dir: Path, bin_dir: Path | None, nodes: int) -> int:
+def _up(work_dir: Path, bin_dir: Path | None, nodes: int, *, real_node: bool) -> int:
     if (work_dir / "state.json").exists():
         running = DevCluster.attach(work_dir)
-        if all(running.status().values()) and running.apiserver_ready():
+        same_shape = (running.node is not None) == real_node
+        if same_shape and all(running.status().values()) and running.apiserver_ready():
             print(f"devcluster: already running at {running.server}", file=sys.stderr)
             print(f"export KUBECONFIG={running.kubeconfig}")
             return 0
         print("devcluster: stopping the remains of a previous cluster", file=sys.stderr)
         running.stop()
     began = time.monotonic()
-    cluster = DevCluster(ClusterConfig(work_dir=work_dir, bin_dir=bin_dir, nodes=nodes))
+    if real_node and bin_dir is None:
+        bin_dir = resolve_bin_dir(kubelet=True)
+    cluster = DevCluster(
+        ClusterConfig(work_dir=work_dir, bin_dir=bin_dir, nodes=nodes, real_node=real_node)
+    )
     cluster.start()
     took = time.monotonic() - began
     print(
         f"devcluster: up in {took:.1f}s at {cluster.server}; logs in {work_dir}/logs",
         file=sys.stderr,
     )
+    if cluster.node is not None:
+        print(
+            f"devcluster: real node {cluster.node.node_name} (label and taint "
+            f"{REAL_NODE_LABEL}=true:NoSchedule), Pod network {cluster.node.subnet} "
+            f"on bridge {cluster.node.bridge}",
+            file=sys.stderr,
+        )
     print(f"export KUBECONFIG={cluster.kubeconfig}")
     return 0
 
@@ -105,6 +123,11 @@ def _status(work_dir: Path) -> int:
         print(f"{name:<24} pid {record.pid:<8} {'running' if alive[name] else 'DEAD'}")
     ready = cluster.apiserver_ready()
     print(f"{'apiserver /readyz':<24} {cluster.server:<13} {'ok' if ready else 'NOT READY'}")
+    if cluster.node is not None:
+        node_ready = cluster.real_node_ready()
+        verdict = "Ready" if node_ready else "NOT READY"
+        print(f"{'real node':<24} {cluster.node.node_name:<13} {verdict}")
+        ready = ready and node_ready
     print(f"export KUBECONFIG={cluster.kubeconfig}")
     return 0 if ready and all(alive.values()) else 1
 

@@ -134,6 +134,27 @@ def generate_pki(directory: Path, *, service_ip: str = "10.96.0.1") -> Pki:
     return layout
 
 
+def issue_client_cert(
+    pki: Pki, pair: KeyPair, common_name: str, groups: tuple[str, ...]
+) -> KeyPair:
+    """Sign one more client cert with the cluster CA on disk (the real node's identities)."""
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    _Authority.load(pki.ca).issue(pair, common_name, groups, ExtendedKeyUsageOID.CLIENT_AUTH)
+    return pair
+
+
+def issue_serving_cert(pki: Pki, pair: KeyPair, common_name: str, ips: tuple[str, ...]) -> KeyPair:
+    """Sign a serving cert for ``ips`` with the cluster CA on disk (the kubelet's port)."""
+    from cryptography import x509
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    sans: list[x509.GeneralName] = [x509.DNSName(common_name)]
+    sans += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    _Authority.load(pki.ca).issue(pair, common_name, (), ExtendedKeyUsageOID.SERVER_AUTH, sans)
+    return pair
+
+
 @dataclass(frozen=True, slots=True)
 class _Authority:
     """A self-signed CA kept in memory while its leaves are issued."""
@@ -160,6 +181,19 @@ class _Authority:
         )
         _write_pair(pair, cert, key)
         return cls(name, key, now)
+
+    @classmethod
+    def load(cls, pair: KeyPair) -> _Authority:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        cert = x509.load_pem_x509_certificate(pair.cert.read_bytes())
+        key = serialization.load_pem_private_key(pair.key.read_bytes(), password=None)
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            msg = f"{pair.key} is not the ECDSA key this module writes"
+            raise TypeError(msg)
+        return cls(cert.subject, key, dt.datetime.now(dt.UTC))
 
     def issue(
         self,

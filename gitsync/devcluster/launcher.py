@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -30,6 +30,7 @@ from typing import Any, Self
 from gitsync import log
 from gitsync.errors import GitSyncError
 
+from . import provisioner, realnode
 from .certs import (
     CLIENT_IDENTITIES,
     FRONT_PROXY_CLIENT,
@@ -50,9 +51,16 @@ CRASHLOOP = "crashloop"
 NEVER_READY = "never-ready"
 STATE_FILE = "state.json"
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kwok")
+PROVISIONER = "provisioner"
+# The real node's processes (``real_node=True`` only), in start order.
+FORWARDER = "apiserver-forward"
+NODE_COMPONENTS = (FORWARDER, "containerd", "kubelet")
 # Start order; stop runs it backwards so clients go before the servers they talk to.
-COMPONENTS = BINARIES
+COMPONENTS = (*BINARIES, PROVISIONER, *NODE_COMPONENTS)
 PACKAGE_STAGES = Path(__file__).parent / "stages"
+
+
+_DEFAULT_SERVICE_CIDR = "10.96.0.0/16"
 
 
 class DevClusterError(GitSyncError):
@@ -71,13 +79,16 @@ class ClusterConfig:
     node_memory: str = "64Gi"
     node_pods: str = "110"
     # Numbers the API allocates from, never addresses anything sends traffic to.
-    service_cidr: str = "10.96.0.0/16"
+    service_cidr: str = _DEFAULT_SERVICE_CIDR
     service_ip: str = "10.96.0.1"
     pod_cidr: str = "10.244.0.0/16"
     start_timeout: float = 120.0
     # Tests set this so a killed pytest cannot leave a control plane running.
     die_with_parent: bool = False
     extra_stages: tuple[Path, ...] = ()
+    # One real node (kubelet + containerd) beside the KWOK nodes; see realnode.py.
+    real_node: bool = False
+    real_node_timeout: float = 120.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -108,6 +119,7 @@ class _Runtime:
 
     ports: Ports | None = None
     pki: Pki | None = None
+    node: realnode.NodeLayout | None = None
     records: dict[str, ProcessRecord] = field(default_factory=dict)
     children: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     argv: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -120,11 +132,14 @@ def find_build_script() -> Path | None:
     return candidate if candidate.is_file() else None
 
 
-def resolve_bin_dir(*, bin_dir: Path | None = None, build_script: Path | None = None) -> Path:
+def resolve_bin_dir(
+    *, bin_dir: Path | None = None, build_script: Path | None = None, kubelet: bool = False
+) -> Path:
     """Find the control-plane binaries: explicit dir, ``$GITSYNC_TESTCLUSTER_BIN``, or build.
 
     The build script prints the bin dir as its last line and returns at once when the
     cache is complete, so running it every time is the cheap way to ask where it is.
+    ``kubelet`` asks the build for the kubelet too (the real node), and checks for it.
     """
     origin = "the given bin dir"
     if bin_dir is None and os.environ.get(BIN_ENV):
@@ -138,18 +153,22 @@ def resolve_bin_dir(*, bin_dir: Path | None = None, build_script: Path | None = 
             )
             raise DevClusterError(msg)
         result = subprocess.run(
-            ["bash", str(script)], stdout=subprocess.PIPE, text=True, check=False
+            ["bash", str(script), *(["kubelet"] if kubelet else [])],
+            stdout=subprocess.PIPE,
+            text=True,
+            check=False,
         )
         lines = result.stdout.strip().splitlines()
         if result.returncode != 0 or not lines:
             msg = f"{script} failed with exit code {result.returncode}; its stderr says why"
             raise DevClusterError(msg)
         bin_dir, origin = Path(lines[-1]), str(script)
-    missing = [b for b in (*BINARIES, "kubectl") if not (bin_dir / b).is_file()]
+    wanted = (*BINARIES, "kubectl", *(["kubelet"] if kubelet else []))
+    missing = [b for b in wanted if not (bin_dir / b).is_file()]
     if missing:
         msg = (
             f"{bin_dir} (from {origin}) lacks {', '.join(missing)}; "
-            "build them with hack/build-testcluster.sh"
+            f"build them with hack/build-testcluster.sh{' kubelet' if kubelet else ''}"
         )
         raise DevClusterError(msg)
     return bin_dir
@@ -168,6 +187,11 @@ class DevCluster:
     """A control plane on loopback ports; a context manager that stops what it started."""
 
     def __init__(self, config: ClusterConfig) -> None:
+        if config.real_node and config.service_cidr == _DEFAULT_SERVICE_CIDR:
+            # The Service IP must be an address Pods can reach: it goes on the Pod bridge.
+            config = replace(
+                config, service_cidr=realnode.SERVICE_CIDR, service_ip=realnode.SERVICE_IP
+            )
         self.config = config
         self._rt = _Runtime()
         self._bin_dir = config.bin_dir
@@ -191,8 +215,15 @@ class DevCluster:
     @property
     def bin_dir(self) -> Path:
         if self._bin_dir is None:
-            self._bin_dir = resolve_bin_dir(build_script=self.config.build_script)
+            self._bin_dir = resolve_bin_dir(
+                build_script=self.config.build_script, kubelet=self.config.real_node
+            )
         return self._bin_dir
+
+    @property
+    def volumes_dir(self) -> Path:
+        """Where the default StorageClass's hostPath volumes live."""
+        return self.work_dir / "volumes"
 
     @property
     def kubectl(self) -> Path:
@@ -211,6 +242,20 @@ class DevCluster:
     @property
     def processes(self) -> Mapping[str, ProcessRecord]:
         return dict(self._rt.records)
+
+    @property
+    def node(self) -> realnode.NodeLayout | None:
+        """The real node's layout, when this cluster has one."""
+        return self._rt.node
+
+    def import_image(self, archive: Path) -> None:
+        """Import a docker-archive into the real node's containerd (no registry needed)."""
+        if self._rt.node is None:
+            raise DevClusterError("this cluster has no real node to import images into")
+        try:
+            realnode.import_image(self._rt.node, archive)
+        except realnode.RealNodeError as e:
+            raise DevClusterError(str(e)) from e
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -234,6 +279,8 @@ class DevCluster:
         deadline = began + self.config.start_timeout
         bin_dir = self.bin_dir
         stages = stage_files(bin_dir, self.config.extra_stages)
+        if self.config.real_node:
+            self._check_real_node_host()
         self._prepare_work_dir()
         self._rt.ports = _free_ports()
         self._rt.pki = generate_pki(self.work_dir / "pki", service_ip=self.config.service_ip)
@@ -244,12 +291,15 @@ class DevCluster:
             self._wait("etcd healthy", self._etcd_healthy, deadline)
             self._spawn("kube-apiserver")
             self._wait("kube-apiserver /readyz", self.apiserver_ready, deadline)
-            for name in ("kube-controller-manager", "kube-scheduler", "kwok"):
+            for name in ("kube-controller-manager", "kube-scheduler", "kwok", PROVISIONER):
                 self._spawn(name)
             self._write_state()
+            self._create_storage_class()
             self._create_nodes()
             self._wait("default ServiceAccount", self._default_service_account, deadline)
             self._wait("KWOK nodes Ready", self._nodes_ready, deadline)
+            if self.config.real_node:
+                self._start_real_node()
         except BaseException:
             self.stop()
             raise
@@ -261,12 +311,26 @@ class DevCluster:
         )
 
     def stop(self) -> None:
-        """Stop every process this cluster started, newest first, each by its PID."""
+        """Stop every process this cluster started, newest first, each by its PID.
+
+        A real node goes first, in the order that leaves nothing behind: the kubelet, then
+        every container (containerd must still be up to kill them), then containerd, then
+        mounts, network namespaces, the bridge and the cgroups.
+        """
+        node = self._rt.node
+        if node is not None:
+            self._stop_one("kubelet")
+            realnode.kill_tasks(node)
+            self._stop_one("containerd")
+            for problem in realnode.cleanup(node):
+                self._log.warning("devcluster.leftover", problem=problem)
+            self._rt.node = None
         for name in reversed(COMPONENTS):
             self._stop_one(name)
         with contextlib.suppress(FileNotFoundError):
             self.state_file.unlink()
         shutil.rmtree(self.work_dir / "etcd-data", ignore_errors=True)
+        shutil.rmtree(self.volumes_dir, ignore_errors=True)
 
     def restart_apiserver(self, *, timeout: float = 60.0) -> None:
         """Stop kube-apiserver only and start it again on the same port with the same flags."""
@@ -309,6 +373,8 @@ class DevCluster:
             raise DevClusterError(msg) from e
         cluster = cls(ClusterConfig(work_dir=work_dir, bin_dir=Path(state["bin_dir"])))
         cluster._rt.ports = Ports(**state["ports"])
+        if state.get("real_node"):
+            cluster._rt.node = realnode.NodeLayout.from_json(state["real_node"])
         for item in state["processes"]:
             record = ProcessRecord(
                 name=item["name"], pid=item["pid"], argv=tuple(item["argv"]), log=Path(item["log"])
@@ -349,6 +415,18 @@ class DevCluster:
         status, _ = self._api("GET", "/api/v1/namespaces/default/serviceaccounts/default")
         return status == 200
 
+    def real_node_ready(self) -> bool:
+        """The real node is registered, Ready, and no longer tainted not-ready."""
+        node = self._rt.node
+        if node is None:
+            return False
+        status, body = self._api("GET", f"/api/v1/nodes/{node.node_name}")
+        if status != 200:
+            return False
+        conditions = {c["type"]: c["status"] for c in body["status"].get("conditions", [])}
+        taints = {t["key"] for t in body["spec"].get("taints", [])}
+        return conditions.get("Ready") == "True" and "node.kubernetes.io/not-ready" not in taints
+
     def _nodes_ready(self) -> bool:
         status, body = self._api("GET", f"/api/v1/nodes?labelSelector={KWOK_NODE_LABEL}%3Dtrue")
         if status != 200 or len(body["items"]) < self.config.nodes:
@@ -363,7 +441,7 @@ class DevCluster:
     # ------------------------------------------------------------------ internals
 
     def _prepare_work_dir(self) -> None:
-        for stale in ("etcd-data", "pki", "logs"):
+        for stale in ("etcd-data", "pki", "logs", "volumes"):
             shutil.rmtree(self.work_dir / stale, ignore_errors=True)
         for sub in ("logs", "certs", "kwok-home"):
             (self.work_dir / sub).mkdir(parents=True, exist_ok=True)
@@ -434,6 +512,7 @@ class DevCluster:
                 "--profiling=false",
                 # Without it SIGTERM waits the full 60 s request timeout on open watches.
                 "--shutdown-watch-termination-grace-period=2s",
+                *self._kubelet_client_flags(),
             ],
             "kube-controller-manager": [
                 f"--kubeconfig={w / 'controller-manager.kubeconfig'}",
@@ -478,8 +557,27 @@ class DevCluster:
         }
         for name, args in argv.items():
             self._rt.argv[name] = (str(bin_dir / name), *args)
+        self._rt.argv[PROVISIONER] = (
+            sys.executable,
+            "-m",
+            "gitsync.devcluster.provisioner",
+            f"--server={loop}:{p.apiserver}",
+            f"--pki={pki.directory}",
+            f"--root={self.volumes_dir}",
+        )
         # kwok also reads ~/.kwok/kwok.yaml; a private HOME keeps a developer's stages out.
         self._rt.env["kwok"] = {"HOME": str(w / "kwok-home")}
+
+    def _kubelet_client_flags(self) -> list[str]:
+        """How the apiserver reaches a real kubelet: by its InternalIP, with a client cert."""
+        if not self.config.real_node:
+            return []
+        pair = realnode.apiserver_kubelet_client(self._pki())
+        return [
+            "--kubelet-preferred-address-types=InternalIP,Hostname",
+            f"--kubelet-client-certificate={pair.cert}",
+            f"--kubelet-client-key={pair.key}",
+        ]
 
     def _spawn(self, name: str) -> None:
         argv = self._rt.argv[name]
@@ -536,6 +634,94 @@ class DevCluster:
                 raise DevClusterError(msg)
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
+
+    def _start_real_node(self) -> None:
+        """containerd, the bridge, the images, then a kubelet; wait until its Node is Ready."""
+        began = time.monotonic()
+        deadline = began + self.config.real_node_timeout
+        kubelet = self.bin_dir / "kubelet"
+        self._check_real_node_host()
+        containerd = shutil.which("containerd") or "containerd"
+        kubelet_port, healthz_port = _free_loopback_ports(2)
+        node = realnode.NodeLayout.create(
+            self.work_dir, kubelet_port=kubelet_port, healthz_port=healthz_port
+        )
+        self._rt.node = node
+        self._write_state()  # from here on `down` knows what to clean up
+        try:
+            realnode.prepare(node, pki=self._pki(), server=self.server)
+        except realnode.RealNodeError as e:
+            raise DevClusterError(str(e)) from e
+        self._bind_kubelet_api_client()
+        self._rt.argv[FORWARDER] = (
+            sys.executable,
+            "-m",
+            "gitsync.devcluster.forward",
+            f"{node.service_ip}:443",
+            f"{LOOPBACK}:{self.ports.apiserver}",
+        )
+        self._rt.argv["containerd"] = (containerd, *realnode.containerd_args(node))
+        self._rt.argv["kubelet"] = (str(kubelet), *realnode.kubelet_args(node))
+        self._spawn(FORWARDER)
+        self._spawn("containerd")
+        self._write_state()
+        self._wait(
+            "containerd to answer", lambda: realnode.ctr(node, "version").returncode == 0, deadline
+        )
+        try:
+            realnode.import_node_images(node)
+        except (realnode.RealNodeError, OSError) as e:
+            raise DevClusterError(f"importing the node images failed: {e}") from e
+        kubelet_began = time.monotonic()
+        self._spawn("kubelet")
+        self._write_state()
+        self._wait("the real node Ready", self.real_node_ready, deadline)
+        self._log.info(
+            "devcluster.real_node_ready",
+            node=node.node_name,
+            seconds=round(time.monotonic() - began, 1),
+            kubelet_seconds=round(time.monotonic() - kubelet_began, 1),
+        )
+
+    def _check_real_node_host(self) -> None:
+        problems = realnode.host_problems(self.bin_dir / "kubelet")
+        if problems:
+            msg = "the real node cannot start on this machine: " + "; ".join(problems)
+            raise DevClusterError(msg)
+
+    def _bind_kubelet_api_client(self) -> None:
+        """Let the apiserver's kubelet-client identity use the kubelet API (logs, exec)."""
+        binding = {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": "gitsync-dev:apiserver-kubelet-client"},
+            "roleRef": {
+                "apiGroup": "rbac.authorization.k8s.io",
+                "kind": "ClusterRole",
+                "name": "system:kubelet-api-admin",
+            },
+            "subjects": [
+                {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "User",
+                    "name": realnode.APISERVER_KUBELET_CLIENT,
+                }
+            ],
+        }
+        status, body = self._api(
+            "POST", "/apis/rbac.authorization.k8s.io/v1/clusterrolebindings", binding
+        )
+        if status not in (201, 409):
+            msg = f"binding the apiserver's kubelet client failed with HTTP {status}: {body}"
+            raise DevClusterError(msg)
+
+    def _create_storage_class(self) -> None:
+        status, body = self._api(
+            "POST", "/apis/storage.k8s.io/v1/storageclasses", provisioner.storage_class()
+        )
+        if status not in (201, 409):
+            msg = f"creating the default StorageClass failed with HTTP {status}: {body}"
+            raise DevClusterError(msg)
 
     def _create_nodes(self) -> None:
         for index in range(self.config.nodes):
@@ -604,6 +790,7 @@ class DevCluster:
             "server": self.server,
             "bin_dir": str(self.bin_dir),
             "ports": asdict(self.ports),
+            "real_node": self._rt.node.to_json() if self._rt.node else None,
             "processes": [
                 {"name": r.name, "pid": r.pid, "argv": list(r.argv), "log": str(r.log)}
                 for r in self._rt.records.values()
@@ -634,6 +821,19 @@ def _free_ports() -> Ports:
         scheduler=numbers[4],
         kwok=numbers[5],
     )
+
+
+def _free_loopback_ports(count: int) -> list[int]:
+    sockets = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((LOOPBACK, 0))
+            sockets.append(s)
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def _die_with_parent() -> None:
