@@ -264,20 +264,29 @@ def _wait_ready(kube: Kube, objs: list[KubeObject], timeout: float) -> None:
             time.sleep(0.1)
             current = kube.get(ref)
     if crds:
-        # A freshly established CRD may take a moment to appear in discovery.
-        wanted = {
-            (o["spec"]["group"], v["name"], o["spec"]["names"]["kind"])
+        # A freshly established CRD may take a moment to appear in discovery, and a version
+        # it stops serving a moment to leave it (prune must then look objects up by another).
+        versions = [
+            ((o["spec"]["group"], v["name"], o["spec"]["names"]["kind"]), v.get("served", True))
             for o in crds
             for v in o["spec"].get("versions", [])
-            if v.get("served", True)
-        }
+        ]
+        wanted = {key for key, served in versions if served}
+        retired = {key for key, served in versions if not served}
         while True:
             disc = kube.discover(refresh=True)
-            if all(disc.resource(*w) for w in wanted):
+            if all(disc.resource(*w) for w in wanted) and not any(
+                disc.resource(*r) for r in retired
+            ):
                 return
             if time.monotonic() > deadline:
-                msg = "custom resource kinds did not appear in discovery: " + ", ".join(
-                    sorted(f"{g}/{v} {k}" for g, v, k in wanted if not disc.resource(g, v, k))
+                msg = "discovery did not catch up with the CRDs: " + ", ".join(
+                    sorted(
+                        f"{g}/{v} {k} missing" for g, v, k in wanted if not disc.resource(g, v, k)
+                    )
+                    + sorted(
+                        f"{g}/{v} {k} still served" for g, v, k in retired if disc.resource(g, v, k)
+                    )
                 )
                 raise KubeError(msg)
             time.sleep(0.2)

@@ -29,6 +29,7 @@ Watches are never retried here: their callers relist.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import enum
 import json
@@ -218,7 +219,9 @@ class WatchCancel:
             self.cancelled = True
             response = self._response
         if response is not None:
-            response.shutdown()
+            # The stream may end (and close its socket) at the same moment: nothing to stop.
+            with contextlib.suppress(OSError):
+                response.shutdown()
 
     def _attach(self, response: urllib3.BaseHTTPResponse | None) -> bool:
         """Remember the open stream; False if cancel() already happened."""
