@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     unknown = set(args.only.split(",")) - set(TOOLS)
     if unknown or not only:
         parser.error(f"--only takes {','.join(TOOLS)}; got {args.only}")
-    log.configure(json=True, level="warning")
+    log.configure(json=True, level="info")
     peers = peers_bin() if set(only) - {"gitsync"} else Path()
     pods = sum(deployments(n) for n in args.objects) * len(only)
     run = uuid.uuid4().hex[:5]
