@@ -199,6 +199,14 @@ def _cell(step: Step, base: Step | None) -> str:
     return text
 
 
+def _line(r: Row) -> str:
+    """One tool's figures, printed as soon as they exist (a cut run keeps them)."""
+    return (
+        f"{r.tool}: first {r.first.seconds:.2f} s, no-op {r.noop.seconds:.2f} s, "
+        f"change {r.change.seconds:.2f} s, peak RSS {r.rss_mib:.0f} MiB"
+    )
+
+
 def table(n_objects: int, rows: list[Row], calls: dict[str, Counter[str]] | None) -> str:
     """The markdown table at one size; ratios are tool time / gitsync time."""
     base = next((r for r in rows if r.tool == "gitsync"), None)
@@ -299,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                     else:
                         row = bench_peer(tool, bins, Path(tmp), files, prefix)
                 rows.append(row)
+                print(f"bench_peers: {_line(row)}", file=sys.stderr, flush=True)
             rows.sort(key=lambda r: TOOLS.index(r.tool))
             tables.append(table(n_objects, rows, calls))
             print(tables[-1], flush=True)
