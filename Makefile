@@ -62,10 +62,13 @@ demo: venv testcluster
 demo-down: venv
 	$(BIN)/python -m gitsync.devcluster down
 
+# bench_peers also builds kapply and the Flux harness (hack/build-peers.sh, cached like the cluster).
 bench: venv testcluster
+	@hack/build-peers.sh >/dev/null
 	PATH="$(TESTCLUSTER_PATH)" $(BIN)/python -m tests.bench.bench_sync
 	PATH="$(TESTCLUSTER_PATH)" $(BIN)/python -m tests.bench.bench_drift
 	PATH="$(TESTCLUSTER_PATH)" $(BIN)/python -m tests.bench.bench_state
+	PATH="$(TESTCLUSTER_PATH)" $(BIN)/python -m tests.bench.bench_peers
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info
