@@ -24,6 +24,8 @@ command -v git >/dev/null || need+=(git)
 [[ -x /usr/sbin/sshd ]] || need+=(openssh-server)
 command -v ssh >/dev/null || need+=(openssh-client)
 command -v ssh-keygen >/dev/null || need+=(openssh-client)
+# Signed-commit tests sign and verify with real OpenPGP keys.
+{ command -v gpg >/dev/null && command -v gpg-agent >/dev/null; } || need+=(gnupg)
 command -v go >/dev/null || need+=(golang-go)
 command -v make >/dev/null || need+=(make)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
