@@ -16,8 +16,7 @@ from gitsync import inventory
 from gitsync.errors import GitSyncError
 from gitsync.kube import Kube
 from gitsync.model import APP_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Identity, KubeObject
-
-STATE_LABEL = "gitsync.io/state-of"
+from gitsync.statestore import STATE_LABEL
 
 
 def label_owner(obj: KubeObject | None) -> str:
