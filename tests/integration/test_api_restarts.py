@@ -104,6 +104,6 @@ def test_etcd_restart_during_a_1000_object_apply_is_not_the_commits_fault(
     requests until etcd is back; whatever it fails is retried)."""
     assert dev.dev is not None
     app.commit(big_app_files())
-    result, applied = sync_while(app, dev.dev.restart_etcd, after_applies=200)
+    result, applied = sync_while(app, dev.dev.restart_etcd, after_applies=50)
     assert applied < CONFIGMAPS + DEPLOYMENTS, "the apply was over before etcd was back"
     assert_synced_without_rollback(app, result, "etcd restart")
