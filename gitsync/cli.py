@@ -187,7 +187,7 @@ def _apps(args: argparse.Namespace) -> tuple[list[Any], str, str]:
 
 
 def _auth(args: argparse.Namespace) -> Any:
-    from gitsync.source import GitAuth
+    from gitsync.source.git import GitAuth
 
     def read(path: str | None) -> str | None:
         return Path(path).read_text(encoding="utf-8").strip() if path else None
@@ -206,8 +206,8 @@ def _auth(args: argparse.Namespace) -> Any:
 
 
 def _context(args: argparse.Namespace, state_ns: str, cache: str) -> Any:
+    from gitsync.engine.sync import Context
     from gitsync.kube import Kube
-    from gitsync.sync import Context
 
     cache_dir = Path(args.cache_dir or cache or Path.home() / ".cache" / "gitsync" / "git")
     if cache and not args.cache_dir and not _writable(Path(cache)):
@@ -232,8 +232,8 @@ def _writable(path: Path) -> bool:
 
 
 def _render(args: argparse.Namespace) -> int:
-    from gitsync.plan import mask_secret
-    from gitsync.sync import prepare_render
+    from gitsync.engine.plan import mask_secret
+    from gitsync.engine.sync import prepare_render
 
     apps, state_ns, cache = _apps(args)
     ctx = _context(args, state_ns, cache)
@@ -253,8 +253,8 @@ def _fmt(value: Any) -> str:
 
 
 def _diff(args: argparse.Namespace) -> int:
-    from gitsync.plan import Action
-    from gitsync.sync import prepare
+    from gitsync.engine.plan import Action
+    from gitsync.engine.sync import prepare
 
     apps, state_ns, cache = _apps(args)
     ctx = _context(args, state_ns, cache)
@@ -283,7 +283,7 @@ def _diff(args: argparse.Namespace) -> int:
 
 
 def _sync(args: argparse.Namespace) -> int:
-    from gitsync.sync import sync_app
+    from gitsync.engine.sync import sync_app
 
     apps, state_ns, cache = _apps(args)
     ctx = _context(args, state_ns, cache)
@@ -333,8 +333,9 @@ def _progress_bar() -> Any:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from gitsync import inventory, overview
-    from gitsync.drift import scan
+    from gitsync.drift.watcher import scan
+    from gitsync.engine import inventory
+    from gitsync.runtime import overview
 
     apps, state_ns, cache = _apps(args)
     ctx = _context(args, state_ns, cache)
@@ -356,7 +357,7 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _status_text(apps: list[Any], *, as_json: bool) -> str:
-    from gitsync import ui
+    from gitsync.runtime import ui
 
     if as_json:
         return json.dumps({"apps": [a.to_json() for a in apps]}, sort_keys=True, indent=1) + "\n"
@@ -400,8 +401,8 @@ def _lint(args: argparse.Namespace) -> int:
     Kinds the table does not know (custom resources of CRDs not in the set) are reported
     as unknown, as they would be by a cluster that lacks their CRD.
     """
-    from gitsync.limits import violations
-    from gitsync.render import HelmSettings, StaticKinds, render
+    from gitsync.engine.limits import violations
+    from gitsync.render.manifests import HelmSettings, StaticKinds, render
 
     directory = Path(args.directory).resolve()
     root = Path(args.repo_root).resolve() if args.repo_root else directory
@@ -429,8 +430,8 @@ def _lint_limits(args: argparse.Namespace) -> Any:
     """The app's limits from --config, narrowed by the flags. The scope of each kind is
     known offline (built-in table, CRDs in the set), so lint checks what a sync would."""
     from gitsync import config
+    from gitsync.engine.limits import Limits
     from gitsync.errors import ConfigError
-    from gitsync.limits import Limits
 
     limits = Limits()
     if args.config:
@@ -453,7 +454,7 @@ def _lint_limits(args: argparse.Namespace) -> Any:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from gitsync import controller
+    from gitsync.runtime import controller
 
     return controller.main(
         config_path=args.config, kubeconfig=args.kubeconfig, context=args.context

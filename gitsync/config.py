@@ -21,10 +21,10 @@ from pydantic import (
     model_validator,
 )
 
+from gitsync.engine.limits import Limits
 from gitsync.errors import ConfigError
-from gitsync.helm import HelmSettings
-from gitsync.limits import Limits
-from gitsync.yamlread import ReadError, ReadLimits, read_first
+from gitsync.render.helm import HelmSettings
+from gitsync.render.yamlread import ReadError, ReadLimits, read_first
 
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m(?!s))?(?:(\d+)s)?(?:(\d+)ms)?$")
 PLAINTEXT_SCHEMES = frozenset({"http", "git"})
@@ -321,7 +321,7 @@ class ControllerConfig(_Model):
     shutdown_timeout: Duration = Field(default=45.0, alias="shutdownTimeout")
     # Rides out an API server or etcd restart; a dead API server still fails a sync.
     api_retry_timeout: Duration = Field(default=60.0, alias="apiRetryTimeout")
-    # The read-only status page at / and its JSON at /api/apps (gitsync.ui).
+    # The read-only status page at / and its JSON at /api/apps (gitsync.runtime.ui).
     ui: bool = True
 
     @field_validator("listen")

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from gitsync import config, log
-from gitsync.drift import DriftSettings, DriftWatcher
+from gitsync.drift.watcher import DriftSettings, DriftWatcher
+from gitsync.engine.sync import Context, sync_app
 from gitsync.kube import Kube
-from gitsync.sync import Context, sync_app
 from tests.bench.bench_sync import cluster
 from tests.support.log_capture import Recorder
 from tests.support.repos import BareRepo

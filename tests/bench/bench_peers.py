@@ -29,8 +29,8 @@ from pathlib import Path
 
 from gitsync import config, log
 from gitsync.devcluster import ClusterConfig, DevCluster, resolve_bin_dir
+from gitsync.engine.sync import Context
 from gitsync.kube import Kube
-from gitsync.sync import Context
 from tests.bench.bench_sync import MIX, generate, run_sync
 from tests.support.repos import BareRepo
 

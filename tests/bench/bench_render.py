@@ -21,8 +21,8 @@ from pathlib import Path
 
 import yaml
 
-from gitsync.render import StaticKinds, render
-from gitsync.yamlread import Document, flatten_list
+from gitsync.render.manifests import StaticKinds, render
+from gitsync.render.yamlread import Document, flatten_list
 from tests.support import wild
 
 DEPLOYMENT = """\

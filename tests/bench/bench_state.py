@@ -17,8 +17,8 @@ import time
 import uuid
 from dataclasses import replace
 
-from gitsync import inventory, statestore
-from gitsync.inventory import AppState, InventoryEntry
+from gitsync.engine import inventory, statestore
+from gitsync.engine.inventory import AppState, InventoryEntry
 from gitsync.kube import Kube
 from gitsync.model import ObjectRef
 from tests.bench.bench_sync import _rss_mib, cluster

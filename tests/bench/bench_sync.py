@@ -27,8 +27,8 @@ import structlog
 
 from gitsync import config, log
 from gitsync.devcluster import ClusterConfig, DevCluster, resolve_bin_dir
+from gitsync.engine.sync import Context, SyncResult, sync_app
 from gitsync.kube import Kube
-from gitsync.sync import Context, SyncResult, sync_app
 from tests.support.repos import BareRepo
 
 WRITES = ("apply", "create", "update", "delete", "patch")

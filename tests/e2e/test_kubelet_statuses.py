@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from gitsync.health import Status, assess, current_pods
+from gitsync.health.rules import Status, assess, current_pods
 from tests.support.cluster_fixtures import wait_until
 
 from .support import container, deployment, record, workload_snapshot

@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 import pytest
 
-from gitsync import inventory
-from gitsync.sync import SyncResult
+from gitsync.engine import inventory
+from gitsync.engine.sync import SyncResult
 from tests.support.app_fixtures import App
 from tests.support.cluster_fixtures import ClusterHandle
 

@@ -11,10 +11,10 @@ from collections.abc import Callable
 
 import pytest
 
-from gitsync import inventory, statestore
+from gitsync.engine import inventory, statestore
+from gitsync.engine.sync import SyncResult
 from gitsync.kube import Kube
 from gitsync.model import APP_LABEL
-from gitsync.sync import SyncResult
 from tests.support.app_fixtures import App, ref
 from tests.support.manifests import NAMESPACE, deployment
 

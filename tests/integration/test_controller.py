@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gitsync.server import sign, sign_for_app
+from gitsync.runtime.server import sign, sign_for_app
 from tests.support.cluster_fixtures import Kubectl, wait_until
 from tests.support.controller_process import ControllerProcess, lease_config
 from tests.support.git_fixtures import GitHttpServer, SshServer

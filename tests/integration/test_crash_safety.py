@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 import structlog
 
-from gitsync import inventory
+from gitsync.engine import inventory
+from gitsync.engine.rollback import quarantine
 from gitsync.kube import Kube
 from gitsync.model import APP_LABEL
-from gitsync.rollback import quarantine
 from tests.support.app_fixtures import App, ref
 from tests.support.cluster_fixtures import Kubectl, wait_until
 from tests.support.manifests import NAMESPACE, config_maps, deployment

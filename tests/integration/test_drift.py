@@ -13,11 +13,13 @@ from typing import Any
 
 import pytest
 
-from gitsync import config, drift, metrics
-from gitsync.drift import DriftSettings, DriftWatcher
+from gitsync import config
+from gitsync.drift import watcher as drift
+from gitsync.drift.watcher import DriftSettings, DriftWatcher
+from gitsync.engine.sync import Context, sync_app
 from gitsync.kube import Kube
 from gitsync.model import ObjectRef
-from gitsync.sync import Context, sync_app
+from gitsync.runtime import metrics
 from tests.support.cluster_fixtures import ClusterHandle, Kubectl, wait_until
 from tests.support.log_capture import Recorder
 from tests.support.repos import BareRepo

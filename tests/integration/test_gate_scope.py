@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import structlog
 
-from gitsync import inventory
+from gitsync.engine import inventory
 from gitsync.kube import Kube
 from tests.support.app_fixtures import App
 from tests.support.manifests import NAMESPACE, config_maps, deployment

@@ -13,9 +13,10 @@ from pathlib import Path
 import pytest
 from prometheus_client import REGISTRY
 
-from gitsync import config, gitcache
-from gitsync.controller import collect_git_cache
-from gitsync.source import GitAuth, SourceSpec, checkout, fetch
+from gitsync import config
+from gitsync.runtime.controller import collect_git_cache
+from gitsync.source import gitcache
+from gitsync.source.git import GitAuth, SourceSpec, checkout, fetch
 from tests.support.git_fixtures import GitDaemon
 from tests.support.repos import BareRepo, git
 

@@ -1,4 +1,4 @@
-"""gitsync.source.fetch against real Git servers on 127.0.0.1, over every transport."""
+"""gitsync.source.git.fetch against real Git servers on 127.0.0.1, over every transport."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 
 from gitsync.errors import SourceError
 from gitsync.model import Revision
-from gitsync.source import GitAuth, SourceSpec, fetch
+from gitsync.source.git import GitAuth, SourceSpec, fetch
 from tests.support.git_fixtures import BlackHole, GitDaemon, GitHttpServer, SshServer
 from tests.support.repos import BareRepo, Symlink
 

@@ -14,7 +14,7 @@ import yaml
 from gitsync import log
 from gitsync.errors import KubeError
 from gitsync.kube import Kube
-from gitsync.leader import LeaderElector, LeaseSpec
+from gitsync.runtime.leader import LeaderElector, LeaseSpec
 from tests.support.tcp_proxy import TcpProxy, kubeconfig_via
 
 pytestmark = [pytest.mark.cluster]

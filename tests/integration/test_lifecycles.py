@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from gitsync import inventory
+from gitsync.engine import inventory
 from gitsync.kube import Kube
 from tests.support.app_fixtures import App, ref
 from tests.support.cluster_fixtures import wait_until
@@ -32,7 +32,7 @@ spec:
 def test_job_removed_by_its_ttl_is_not_run_again(app: App, kube: Kube) -> None:
     """A finished Job that its ttlSecondsAfterFinished deleted is not recreated while Git
     keeps it unchanged, and is not reported as drift."""
-    from gitsync.drift import scan
+    from gitsync.drift.watcher import scan
 
     app.commit({"ns.yaml": NAMESPACE, "job.yaml": JOB})
     assert app.sync().result == "synced"

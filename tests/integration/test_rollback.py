@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 import structlog
 
-from gitsync import inventory
+from gitsync.engine import inventory
 from gitsync.kube import Kube
 from tests.support import manifests
 from tests.support.app_fixtures import App, ref

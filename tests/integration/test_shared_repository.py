@@ -14,10 +14,11 @@ from pathlib import Path
 import pytest
 from kubernetes import client, watch
 
-from gitsync import config, inventory
+from gitsync import config
+from gitsync.engine import inventory
+from gitsync.engine.sync import Context, sync_app
 from gitsync.kube import Kube
 from gitsync.model import APP_LABEL
-from gitsync.sync import Context, sync_app
 from tests.support.app_fixtures import ref
 from tests.support.controller_process import ControllerProcess
 from tests.support.repos import BareRepo

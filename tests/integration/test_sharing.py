@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import structlog
 
-from gitsync import inventory
+from gitsync.engine import inventory
 from gitsync.kube import Kube
 from gitsync.model import APP_LABEL
 from tests.support.app_fixtures import App, ref
@@ -86,8 +86,8 @@ spec:
 def test_hpa_keeps_its_replicas(app: App, kube: Kube) -> None:
     """Once the HPA scales to minReplicas, resyncs and diff leave replicas alone: 0 writes
     to the Deployment and no drift reported."""
-    from gitsync.drift import scan
-    from gitsync.sync import prepare
+    from gitsync.drift.watcher import scan
+    from gitsync.engine.sync import prepare
     from tests.support.cluster_fixtures import wait_until
     from tests.support.manifests import deployment
 
@@ -153,8 +153,8 @@ def test_diff_sync_and_drift_name_the_same_field_and_the_other_manager(
 ) -> None:
     """A `kubectl set image` shows in `diff` with drift's field path and its manager; the sync
     that takes it back logs the conflict with that manager instead of forcing silently."""
-    from gitsync.drift import scan
-    from gitsync.sync import prepare
+    from gitsync.drift.watcher import scan
+    from gitsync.engine.sync import prepare
     from tests.support.manifests import deployment
 
     app.commit({"ns.yaml": NAMESPACE, "web.yaml": deployment()})

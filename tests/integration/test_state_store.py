@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import yaml
 
-from gitsync import inventory, statestore
-from gitsync.drift import DriftSettings, DriftWatcher, scan
+from gitsync.drift.watcher import DriftSettings, DriftWatcher, scan
+from gitsync.engine import inventory, statestore
+from gitsync.engine.inventory import AppState, InventoryEntry
 from gitsync.errors import StateError
-from gitsync.inventory import AppState, InventoryEntry
 from gitsync.kube import Kube
 from gitsync.model import ObjectRef
 from tests.support.app_fixtures import App

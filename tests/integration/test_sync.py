@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from gitsync import inventory
 from gitsync.cli import main
+from gitsync.engine import inventory
+from gitsync.engine.sync import prepare
 from gitsync.kube import Kube, Resource
 from gitsync.model import ObjectRef
-from gitsync.sync import prepare
 from tests.support.app_fixtures import App
 from tests.support.app_fixtures import ref as _ref
 

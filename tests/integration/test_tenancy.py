@@ -13,8 +13,8 @@ import pytest
 import structlog
 import yaml
 
-from gitsync import inventory
 from gitsync.cli import main
+from gitsync.engine import inventory
 from gitsync.errors import KubeError
 from gitsync.kube import Kube
 from gitsync.model import KubeObject

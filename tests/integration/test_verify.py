@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import structlog
 
-from gitsync import inventory
 from gitsync.cli import main
-from gitsync.sync import SyncResult
+from gitsync.engine import inventory
+from gitsync.engine.sync import SyncResult
 from tests.support.app_fixtures import App, ref
 from tests.support.signing import SigningKey
 

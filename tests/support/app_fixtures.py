@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from gitsync import config
+from gitsync.engine.sync import Context, SyncResult, sync_app
 from gitsync.kube import Kube
 from gitsync.model import ObjectRef
-from gitsync.sync import Context, SyncResult, sync_app
 from tests.support.repos import BareRepo
 
 

@@ -10,9 +10,9 @@ from typing import Any
 import pytest
 
 from gitsync.config import parse
-from gitsync.credentials import CredentialStore
 from gitsync.errors import ConfigError, SourceError
 from gitsync.model import ObjectRef
+from gitsync.source.credentials import CredentialStore
 
 APP = {"name": "shop", "repo": "https://git.example.test/acme/deploy.git"}
 

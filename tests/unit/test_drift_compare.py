@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from gitsync.config import IgnoreRule
-from gitsync.drift_compare import (
+from gitsync.drift.compare import (
     ABSENT,
     DriftReport,
     DriftSet,

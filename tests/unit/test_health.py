@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from gitsync.health import Status, assess, current_pods, pod_problem
+from gitsync.health.rules import Status, assess, current_pods, pod_problem
 
 
 def _deploy(spec=None, status=None, generation=2):
@@ -262,7 +262,7 @@ def test_crashloop_reason_names_the_last_exit_not_the_backoff_text():
 
 def test_default_timeout_follows_each_kinds_deadline():
     """Jobs, StatefulSets and DaemonSets set the gate's default deadline, not Deployments only."""
-    from gitsync.gate import MARGIN_SECONDS, default_timeout
+    from gitsync.health.gate import MARGIN_SECONDS, default_timeout
 
     job = {"kind": "Job", "spec": {"activeDeadlineSeconds": 1200}}
     dep = {"kind": "Deployment", "spec": {"progressDeadlineSeconds": 60}}

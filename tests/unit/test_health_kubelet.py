@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gitsync.health import Status, assess, current_pods
+from gitsync.health.rules import Status, assess, current_pods
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kubelet"
 

@@ -14,7 +14,8 @@ import structlog
 
 from gitsync import config
 from gitsync.errors import ConfigError, RenderError
-from gitsync.helm import (
+from gitsync.model import RECREATE_ANNOTATION, WAVE_ANNOTATION
+from gitsync.render.helm import (
     FOUNDATION_WAVE,
     HOOK_JOB_TTL,
     error_problems,
@@ -23,8 +24,7 @@ from gitsync.helm import (
     offline_env,
     read_output,
 )
-from gitsync.model import RECREATE_ANNOTATION, WAVE_ANNOTATION
-from gitsync.render import HelmSettings, RenderLimits, StaticKinds, render
+from gitsync.render.manifests import HelmSettings, RenderLimits, StaticKinds, render
 
 ROOT = Path(__file__).resolve().parents[2]
 CHARTS = ROOT / "fixtures" / "charts"

@@ -1,8 +1,8 @@
 """Fields sync leaves to others: which, how they are left out, and how the claim is released."""
 
 from gitsync.config import IgnoreRule
-from gitsync.drift_compare import Item
-from gitsync.ignores import controller_owned, release, skipped, without
+from gitsync.drift.compare import Item
+from gitsync.engine.ignores import controller_owned, release, skipped, without
 
 DEPLOY = {
     "apiVersion": "apps/v1",

@@ -6,9 +6,9 @@ import zlib
 
 import pytest
 
-from gitsync import statestore
+from gitsync.engine import statestore
+from gitsync.engine.inventory import AppState, InventoryEntry, check_fits, decode, encode
 from gitsync.errors import StateError
-from gitsync.inventory import AppState, InventoryEntry, check_fits, decode, encode
 from gitsync.model import ObjectRef
 
 

@@ -6,8 +6,8 @@ import pytest
 
 from gitsync.cli import main
 from gitsync.config import parse
+from gitsync.engine.limits import Limits, enforce, outside, violations
 from gitsync.errors import ConfigError, LimitError
-from gitsync.limits import Limits, enforce, outside, violations
 from gitsync.model import Manifest, ManifestSet, ObjectRef
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
@@ -172,8 +172,8 @@ def test_lint_reads_limits_from_config(tmp_path, capsys):
 
 def test_rollback_acts_only_within_the_limits():
     """The state a rollback gets holds no object outside the limits; those are reported."""
-    from gitsync.inventory import AppState, InventoryEntry
-    from gitsync.recovery import _within_limits
+    from gitsync.engine.inventory import AppState, InventoryEntry
+    from gitsync.engine.recovery import _within_limits
 
     inside, far = _ref("ConfigMap", "shop", "a"), _ref("ConfigMap", "prod", "b")
     obj = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "b", "namespace": "prod"}}

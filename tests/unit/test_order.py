@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from gitsync.engine.order import RANK_NAMES, prune_order, rank_of, stages, wave_of
 from gitsync.model import WAVE_ANNOTATION, Manifest, ObjectRef
-from gitsync.order import RANK_NAMES, prune_order, rank_of, stages, wave_of
-from gitsync.render import StaticKinds, render
+from gitsync.render.manifests import StaticKinds, render
 
 FIXTURES = Path(__file__).resolve().parents[2] / "fixtures"
 

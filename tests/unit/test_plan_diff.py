@@ -1,6 +1,6 @@
 """Normalization, field-level diff and Secret masking (pure)."""
 
-from gitsync.plan import MASK, diff_objects, mask_secret, normalize
+from gitsync.engine.plan import MASK, diff_objects, mask_secret, normalize
 
 
 def _cm(data: dict, **meta) -> dict:

@@ -1,8 +1,8 @@
 """Which objects a plan offers to prune, and how it knows each is the app's."""
 
-from gitsync.inventory import AppState, InventoryEntry
+from gitsync.engine.inventory import AppState, InventoryEntry
+from gitsync.engine.plan import LiveIndex, Origin, _prune_candidates
 from gitsync.model import APP_LABEL, ObjectRef
-from gitsync.plan import LiveIndex, Origin, _prune_candidates
 
 
 def _ref(name: str) -> ObjectRef:

@@ -1,6 +1,6 @@
 """The prune guards that stop a broken render from deleting the app."""
 
-from gitsync.prune import guard_reason
+from gitsync.engine.prune import guard_reason
 
 
 def test_empty_render_prunes_nothing_unless_allowed():

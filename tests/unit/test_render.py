@@ -14,7 +14,7 @@ import pytest
 
 from gitsync.errors import RenderError
 from gitsync.model import APP_LABEL, MANAGED_BY_LABEL, ManifestSet
-from gitsync.render import RenderLimits, StaticKinds, render
+from gitsync.render.manifests import RenderLimits, StaticKinds, render
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "fixtures"

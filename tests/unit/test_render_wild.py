@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 
 from gitsync.cli import _sync_exit_code
+from gitsync.engine.sync import SyncResult
 from gitsync.errors import RenderError
 from gitsync.model import ManifestSet
-from gitsync.render import RenderLimits, StaticKinds, render
-from gitsync.sync import SyncResult
-from gitsync.yamlread import Document, ReadLimits, flatten_list, gc_paused, read_documents
+from gitsync.render.manifests import RenderLimits, StaticKinds, render
+from gitsync.render.yamlread import Document, ReadLimits, flatten_list, gc_paused, read_documents
 from tests.support import wild
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from gitsync.errors import SourceError
-from gitsync.source import GitAuth, SourceSpec, validate_path, validate_ref, validate_url
+from gitsync.source.git import GitAuth, SourceSpec, validate_path, validate_ref, validate_url
 
 SHA = "0123456789abcdef0123456789abcdef01234567"
 

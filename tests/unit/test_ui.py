@@ -13,12 +13,13 @@ from typing import Any
 
 import pytest
 
-from gitsync import cli, gitcache, log, ui
+from gitsync import cli, log
 from gitsync.config import AppConfig
-from gitsync.drift_compare import OBJECT_PATH, DriftReport
-from gitsync.inventory import AppState, HistoryEntry, InventoryEntry
+from gitsync.drift.compare import OBJECT_PATH, DriftReport
+from gitsync.engine.inventory import AppState, HistoryEntry, InventoryEntry
 from gitsync.model import ObjectRef
-from gitsync.overview import (
+from gitsync.runtime import ui
+from gitsync.runtime.overview import (
     DEGRADED,
     FAILED,
     HEALTHY,
@@ -31,7 +32,8 @@ from gitsync.overview import (
     health_of,
     public_url,
 )
-from gitsync.server import Server
+from gitsync.runtime.server import Server
+from gitsync.source import gitcache
 from tests.support.repos import BareRepo
 
 GOOD = "a" * 40

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gitsync.errors import SourceError
-from gitsync.verify import TrustedKeys, UntrustedError, from_path, judge
+from gitsync.source.verify import TrustedKeys, UntrustedError, from_path, judge
 
 KEYS = TrustedKeys(app="shop", origin="Secret gs/signers", pgp=b"pgp", allowed_signers=b"ssh")
 SHA = "a" * 40

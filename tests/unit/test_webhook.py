@@ -14,8 +14,8 @@ from typing import Any
 import pytest
 
 from gitsync import log
-from gitsync import server as server_module
-from gitsync.server import Server, WebhookSettings, sign, sign_for_app, verify_signature
+from gitsync.runtime import server as server_module
+from gitsync.runtime.server import Server, WebhookSettings, sign, sign_for_app, verify_signature
 
 SECRET = b"It's a Secret to Everybody"
 BLOG_SECRET = b"blog-only"

@@ -15,8 +15,10 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from gitsync import order
-from gitsync.cascade import Cascade, cascade
+from gitsync.engine import order
+from gitsync.engine.cascade import Cascade, cascade
+from gitsync.engine.ownership import Owners
+from gitsync.engine.plan import Action, Change, Origin, served_ref
 from gitsync.errors import KubeError
 from gitsync.kube import Kube
 from gitsync.model import (
@@ -27,8 +29,6 @@ from gitsync.model import (
     Identity,
     ObjectRef,
 )
-from gitsync.ownership import Owners
-from gitsync.plan import Action, Change, Origin, served_ref
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -31,10 +31,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gitsync import events, metrics
 from gitsync.errors import ConflictError, KubeError
 from gitsync.kube import Kube, Resource
 from gitsync.model import KubeObject, ObjectRef
+from gitsync.runtime import events, metrics
 
 _LEASES = Resource(
     group="coordination.k8s.io",

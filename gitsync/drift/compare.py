@@ -9,7 +9,7 @@ applied by a newer sync), so it is not drift either.
 
 Everything here is pure: values in, reports out, the API reached only through callables
 the caller passes (the SSA dry-run of the intent, the HPA look-up), so each rule is unit
-tested without a cluster. ``gitsync.drift`` runs these rules on watch events
+tested without a cluster. ``gitsync.drift.watcher`` runs these rules on watch events
 (``DriftWatcher``) and once for ``gitsync status`` (``scan``).
 """
 

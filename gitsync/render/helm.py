@@ -31,8 +31,8 @@ from typing import Any, Protocol
 import structlog
 
 from gitsync.model import RECREATE_ANNOTATION, WAVE_ANNOTATION
-from gitsync.repofiles import decode, read_bytes, relative
-from gitsync.yamlread import (
+from gitsync.render.repofiles import decode, read_bytes, relative
+from gitsync.render.yamlread import (
     Document,
     ReadError,
     ReadLimits,

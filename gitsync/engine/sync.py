@@ -13,7 +13,7 @@ rollback that fails or raises included, is recorded.
 Identity: every request an app makes (plan, dry-run, apply, prune, gate, rollback) goes
 through ``app_kube``, which impersonates the app's ServiceAccount when it has one; the
 state (read, written, other apps' claims) and Events stay on gitsync's own client. The
-app's limits (``gitsync.limits``) are checked on the rendered set before the plan makes
+app's limits (``gitsync.engine.limits``) are checked on the rendered set before the plan makes
 any call, and prune and rollback never touch an object outside them.
 """
 
@@ -23,23 +23,24 @@ from collections.abc import Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gitsync import inventory, limits, verify
-from gitsync.apply import AppliedSet, Progress, apply_plan
 from gitsync.config import AppConfig
+from gitsync.engine import inventory, limits
+from gitsync.engine.apply import AppliedSet, Progress, apply_plan
+from gitsync.engine.inventory import AppState, InventoryEntry
+from gitsync.engine.outcome import Context, Record, SyncResult
+from gitsync.engine.ownership import Owners
+from gitsync.engine.plan import Action, Change, Origin, Plan, make_plan
+from gitsync.engine.prune import PruneResult, prune
+from gitsync.engine.recovery import Recovery
+from gitsync.engine.rollback import restore_adopted
 from gitsync.errors import GitSyncError
-from gitsync.gate import ObjectHealth, Verdict, default_timeout, wait_healthy
-from gitsync.health import Health, Status
-from gitsync.inventory import AppState, InventoryEntry
+from gitsync.health.gate import ObjectHealth, Verdict, default_timeout, wait_healthy
+from gitsync.health.rules import Health, Status
 from gitsync.kube import Kube
 from gitsync.model import Identity, KubeObject, ManifestSet, ObjectRef, Revision, field_manager
-from gitsync.outcome import Context, Record, SyncResult
-from gitsync.ownership import Owners
-from gitsync.plan import Action, Change, Origin, Plan, make_plan
-from gitsync.prune import PruneResult, prune
-from gitsync.recovery import Recovery
-from gitsync.render import render
-from gitsync.rollback import restore_adopted
-from gitsync.source import GitAuth, SourceSpec, checkout
+from gitsync.render.manifests import render
+from gitsync.source import verify
+from gitsync.source.git import GitAuth, SourceSpec, checkout
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

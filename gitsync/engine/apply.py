@@ -14,15 +14,15 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from gitsync import ignores, order
-from gitsync.drift_compare import FieldPath
+from gitsync.drift.compare import FieldPath
+from gitsync.engine import ignores, order
+from gitsync.engine.inventory import InventoryEntry
+from gitsync.engine.plan import Action, Change, Plan
 from gitsync.errors import InvalidError, KubeError
 from gitsync.fields import content_hash, fingerprint, upgraded_managed_fields
-from gitsync.gate import default_timeout, wait_healthy
-from gitsync.inventory import InventoryEntry
+from gitsync.health.gate import default_timeout, wait_healthy
 from gitsync.kube import Kube
 from gitsync.model import RECREATE_ANNOTATION, KubeObject, Manifest, ObjectRef
-from gitsync.plan import Action, Change, Plan
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -16,9 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from gitsync import ignores
 from gitsync.config import IgnoreRule
-from gitsync.drift_compare import (
+from gitsync.drift.compare import (
     ABSENT,
     FieldPath,
     Item,
@@ -28,9 +27,11 @@ from gitsync.drift_compare import (
     ignored_by_annotation,
     path_text,
 )
+from gitsync.engine import ignores
+from gitsync.engine.inventory import AppState, InventoryEntry
+from gitsync.engine.ownership import Owners
 from gitsync.errors import ApplyError, ConflictError, InvalidError, KubeError
 from gitsync.fields import content_hash, fingerprint, upgraded_managed_fields
-from gitsync.inventory import AppState, InventoryEntry
 from gitsync.kube import Kube, Resource
 from gitsync.model import (
     APP_LABEL,
@@ -43,7 +44,6 @@ from gitsync.model import (
     field_manager,
     is_controlled,
 )
-from gitsync.ownership import Owners
 
 MASK = "***"
 _VOLATILE_META = (

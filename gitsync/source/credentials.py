@@ -19,7 +19,7 @@ from pathlib import Path
 from gitsync.errors import KubeError, SourceError
 from gitsync.kube import Kube
 from gitsync.model import ObjectRef
-from gitsync.source import GitAuth
+from gitsync.source.git import GitAuth
 
 KNOWN_KEYS = ("username", "password", "token", "identity", "known_hosts")
 

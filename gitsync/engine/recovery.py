@@ -10,17 +10,18 @@ from __future__ import annotations
 import contextlib
 from dataclasses import dataclass, replace
 
-from gitsync import events, limits
 from gitsync.config import AppConfig
+from gitsync.engine import limits
+from gitsync.engine.inventory import AppState
+from gitsync.engine.outcome import Context, Record, SyncResult
+from gitsync.engine.ownership import Owners
+from gitsync.engine.rollback import quarantine as quarantine_commit
+from gitsync.engine.rollback import roll_back
 from gitsync.errors import GitSyncError
-from gitsync.gate import Verdict, default_timeout
-from gitsync.inventory import AppState
+from gitsync.health.gate import Verdict, default_timeout
 from gitsync.kube import Kube
 from gitsync.model import ObjectRef
-from gitsync.outcome import Context, Record, SyncResult
-from gitsync.ownership import Owners
-from gitsync.rollback import quarantine as quarantine_commit
-from gitsync.rollback import roll_back
+from gitsync.runtime import events
 
 
 @dataclass(slots=True, kw_only=True)

@@ -12,11 +12,11 @@ import threading
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from gitsync import inventory
+from gitsync.engine import inventory
+from gitsync.engine.statestore import STATE_LABEL
 from gitsync.errors import GitSyncError
 from gitsync.kube import Kube
 from gitsync.model import APP_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Identity, KubeObject
-from gitsync.statestore import STATE_LABEL
 
 
 def label_owner(obj: KubeObject | None) -> str:

@@ -14,13 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gitsync import inventory, log
-from gitsync.apply import Failure
+from gitsync import log
 from gitsync.config import AppConfig
+from gitsync.engine import inventory
+from gitsync.engine.apply import Failure
+from gitsync.engine.inventory import AppState
 from gitsync.errors import GitSyncError, KubeError
-from gitsync.inventory import AppState
 from gitsync.kube import Kube
-from gitsync.source import GitAuth
+from gitsync.source.git import GitAuth
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

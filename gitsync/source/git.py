@@ -41,11 +41,11 @@ from urllib.parse import urlsplit
 
 import git
 
-from gitsync import gitcache, verify
 from gitsync.errors import SourceError
 from gitsync.log import get as get_logger
 from gitsync.log import mask_url
 from gitsync.model import Revision
+from gitsync.source import gitcache, verify
 
 __all__ = [
     "GitAuth",

@@ -14,9 +14,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from gitsync import health
 from gitsync.errors import KubeError
-from gitsync.health import Health, Status
+from gitsync.health import rules
+from gitsync.health.rules import Health, Status
 from gitsync.kube import Kube, Resource, WatchCancel
 from gitsync.model import FIELD_MANAGER, Identity, KubeObject, ObjectRef
 
@@ -175,13 +175,13 @@ class _Gate:
             ref = ObjectRef.of(obj)
             ns_pods: Sequence[Mapping[str, Any]] = ()
             if (ref.group, ref.kind) in _WORKLOADS:
-                ns_pods = health.current_pods(
+                ns_pods = rules.current_pods(
                     obj,
                     self.pods.get(ref.namespace, {}).values(),
                     self.replicasets.get(ref.namespace, {}).values(),
                     since=self.since,
                 )
-            out[ident] = health.assess(obj, pods=ns_pods)
+            out[ident] = rules.assess(obj, pods=ns_pods)
         return out
 
     def watch(self, waiting: Iterable[Identity]) -> None:

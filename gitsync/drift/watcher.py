@@ -5,7 +5,7 @@ the app label, resumed from its resourceVersion, bookmarks on, relisted after ``
 Gone``, retried while the API server is away), one on the app's state Secret (the intent
 is its ``healthy_manifests``: a sync anywhere updates the watcher without a call), and a
 worker thread that alone owns the watcher's state and runs the rules of
-``gitsync.drift_compare`` on every change.
+``gitsync.drift.compare`` on every change.
 
 A relist is a full compare, not a flood: a drift is reported once (``drift.detected``),
 again only if it changes, and ``drift.resolved`` when it goes away. With ``selfHeal`` an
@@ -28,9 +28,9 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeAlias
 
-from gitsync import events, ignores, inventory, log, metrics, statestore
+from gitsync import log
 from gitsync.config import AppConfig
-from gitsync.drift_compare import (
+from gitsync.drift.compare import (
     EXPECTED_MANAGERS,
     OBJECT_PATH,
     OWNER,
@@ -46,11 +46,13 @@ from gitsync.drift_compare import (
     writers,
     written_at,
 )
+from gitsync.engine import ignores, inventory, statestore
+from gitsync.engine.inventory import AppState
 from gitsync.errors import KubeError, NotFoundError, StateError
 from gitsync.fields import content_hash
-from gitsync.inventory import AppState
 from gitsync.kube import Kube, WatchCancel
 from gitsync.model import APP_LABEL, Identity, KubeObject, ObjectRef, field_manager
+from gitsync.runtime import events, metrics
 
 STATE_LABEL: Final = statestore.STATE_LABEL
 

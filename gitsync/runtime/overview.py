@@ -32,12 +32,13 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
-from gitsync import gitcache, inventory
 from gitsync.config import AppConfig
-from gitsync.drift_compare import OBJECT_PATH, DriftReport, display
+from gitsync.drift.compare import OBJECT_PATH, DriftReport, display
+from gitsync.engine import inventory
+from gitsync.engine.inventory import AppState, HistoryEntry
 from gitsync.errors import GitSyncError, SourceError
-from gitsync.inventory import AppState, HistoryEntry
 from gitsync.kube import Kube
+from gitsync.source import gitcache
 
 HEALTHY: Final = "Healthy"
 DEGRADED: Final = "Degraded"

@@ -21,16 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from gitsync import helm as helm_chart
+from gitsync.engine.order import wave_of
 from gitsync.errors import RenderError
-from gitsync.helm import HelmSettings
-from gitsync.kustomize import (
-    DEFAULT_KUSTOMIZE,
-    KUSTOMIZATION_FILES,
-    build_kustomization,
-    default_command,
-    kustomization_file,
-)
 from gitsync.model import (
     APP_LABEL,
     MANAGED_BY_LABEL,
@@ -39,9 +31,17 @@ from gitsync.model import (
     ManifestSet,
     ObjectRef,
 )
-from gitsync.order import wave_of
-from gitsync.repofiles import decode, read_bytes, relative
-from gitsync.yamlread import (
+from gitsync.render import helm as helm_chart
+from gitsync.render.helm import HelmSettings
+from gitsync.render.kustomize import (
+    DEFAULT_KUSTOMIZE,
+    KUSTOMIZATION_FILES,
+    build_kustomization,
+    default_command,
+    kustomization_file,
+)
+from gitsync.render.repofiles import decode, read_bytes, relative
+from gitsync.render.yamlread import (
     MAX_DEPTH,
     Node,
     ReadError,

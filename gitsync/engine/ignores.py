@@ -18,7 +18,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 from gitsync.config import IgnoreRule
-from gitsync.drift_compare import (
+from gitsync.drift.compare import (
     EXPECTED_MANAGERS,
     SCALABLE,
     FieldPath,

@@ -22,9 +22,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from gitsync.helm import check_helm_charts, map_hooks, offline_env
-from gitsync.repofiles import decode, read_bytes, relative
-from gitsync.yamlread import (
+from gitsync.render.helm import check_helm_charts, map_hooks, offline_env
+from gitsync.render.repofiles import decode, read_bytes, relative
+from gitsync.render.yamlread import (
     Document,
     ReadError,
     ReadLimits,

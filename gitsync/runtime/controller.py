@@ -37,15 +37,18 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from gitsync import events, gitcache, inventory, log, metrics, overview, ui
+from gitsync import log
 from gitsync.config import AppConfig, GitSyncConfig
-from gitsync.credentials import CredentialStore, read_secret, secret_ref
-from gitsync.drift import DriftReport, DriftWatcher
+from gitsync.drift.watcher import DriftReport, DriftWatcher
+from gitsync.engine import inventory
+from gitsync.engine.sync import Context, SyncResult, app_kube, sync_app
 from gitsync.errors import ConfigError, GitSyncError
 from gitsync.kube import Kube
-from gitsync.leader import LeaderElector, LeaseSpec, default_identity
-from gitsync.server import Server, WebhookSettings
-from gitsync.sync import Context, SyncResult, app_kube, sync_app
+from gitsync.runtime import events, metrics, overview, ui
+from gitsync.runtime.leader import LeaderElector, LeaseSpec, default_identity
+from gitsync.runtime.server import Server, WebhookSettings
+from gitsync.source import gitcache
+from gitsync.source.credentials import CredentialStore, read_secret, secret_ref
 
 # Retried with backoff: "degraded" is a rollback that did not finish, "timed-out" a gate
 # that saw no failure yet (checked again soon rather than at the next interval).

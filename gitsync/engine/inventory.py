@@ -5,7 +5,7 @@ resourceVersion read, so two writers never silently overwrite each other, and ar
 as verb "state" apart from writes to the app's objects. Each inventory
 entry also keeps the manifest hash and the owned-field fingerprint from the last apply:
 that is what lets an unchanged resync skip every dry-run. How a state too large for one
-Secret is split, and read back whole, is ``gitsync.statestore``'s business.
+Secret is split, and read back whole, is ``gitsync.engine.statestore``'s business.
 """
 
 from __future__ import annotations
@@ -19,11 +19,11 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from gitsync import statestore
+from gitsync.engine import statestore
+from gitsync.engine.statestore import STATE_KEY
 from gitsync.errors import ConflictError, StateError
 from gitsync.kube import Kube
 from gitsync.model import KubeObject, ObjectRef
-from gitsync.statestore import STATE_KEY
 
 HISTORY_LIMIT = 20
 

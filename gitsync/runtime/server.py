@@ -3,14 +3,14 @@
     GET  /healthz        200 while the process and its election loop live
     GET  /readyz         200 when leading or a healthy standby; 503 when a sync is stuck
     GET  /metrics        Prometheus text format (prometheus-client's default registry)
-    GET  /               the read-only status page (``gitsync.ui``), unless ``controller.ui: false``
+    GET  /               the read-only status page (``runtime.ui``), unless ``controller.ui: false``
     GET  /api/apps[/<app>]  the same data as JSON
-    POST /hooks/<app>    202 after a valid signature (``gitsync.webhooks``: the scheme,
+    POST /hooks/<app>    202 after a valid signature (``gitsync.runtime.webhooks``: the scheme,
                          per-app secrets, the replay window); sync starts at once
 
 Everything else is refused: 404 unknown path or disabled webhooks, 405 wrong method; the
-webhook's own answers are listed in ``gitsync.webhooks``. Handler threads are bounded and
-each request has one read deadline (``gitsync.httpbounds``).
+webhook's own answers are listed in ``gitsync.runtime.webhooks``. Handler threads are bounded and
+each request has one read deadline (``gitsync.runtime.httpbounds``).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from typing import Any, Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from gitsync import metrics
 from gitsync.errors import ConfigError
-from gitsync.httpbounds import BoundedHTTPServer, DeadlineHandler
-from gitsync.webhooks import Webhooks, WebhookSettings, sign, sign_for_app, verify_signature
+from gitsync.runtime import metrics
+from gitsync.runtime.httpbounds import BoundedHTTPServer, DeadlineHandler
+from gitsync.runtime.webhooks import Webhooks, WebhookSettings, sign, sign_for_app, verify_signature
 
 __all__ = ["Server", "WebhookSettings", "sign", "sign_for_app", "verify_signature"]
 
@@ -34,7 +34,7 @@ READ_TIMEOUT = 10.0  # seconds a client may take to send its whole request: no s
 
 
 class Pages(Protocol):
-    """Read-only pages served besides the probes (``gitsync.ui.Pages``)."""
+    """Read-only pages served besides the probes (``gitsync.runtime.ui.Pages``)."""
 
     def get(self, path: str) -> Any:
         """A response (``status``, ``body``, ``content_type``, ``headers``) or None."""

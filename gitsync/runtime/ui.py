@@ -1,6 +1,6 @@
 """The read-only status page at ``/`` and its JSON at ``/api/apps`` and ``/api/apps/<name>``.
 
-Rendered on the server from ``gitsync.overview``, refreshing itself with a meta refresh:
+Rendered on the server from ``gitsync.runtime.overview``, refreshing itself with a meta refresh:
 no JavaScript, no forms, no writes. Every text that comes from Git or the cluster (commit
 subjects, authors, reasons, drift values, manager names) goes through ``html.escape``,
 and the Content-Security-Policy allows no script at all, so a subject like
@@ -18,8 +18,8 @@ from http import HTTPStatus
 from typing import Any, Final, Protocol
 
 from gitsync import log
-from gitsync.drift_compare import OBJECT_PATH
-from gitsync.overview import (
+from gitsync.drift.compare import OBJECT_PATH
+from gitsync.runtime.overview import (
     DEGRADED,
     FAILED,
     HEALTHY,
@@ -66,7 +66,7 @@ class Response:
 
 
 class Source(Protocol):
-    """Where the pages get their data (``gitsync.overview.Overview``)."""
+    """Where the pages get their data (``gitsync.runtime.overview.Overview``)."""
 
     def all(self) -> list[AppOverview]: ...
 

@@ -94,7 +94,7 @@ def load(cfg: VerifyConfig, *, app: str, kube: Kube, namespace: str) -> TrustedK
     """The app's trusted keys, read now (a rotated Secret counts from the next sync)."""
     if cfg.keys is not None:
         return from_path(Path(cfg.keys), app=app)
-    from gitsync.credentials import read_secret
+    from gitsync.source.credentials import read_secret
 
     name = str(cfg.secret_ref)
     data = read_secret(kube, namespace=namespace, name=name)

@@ -13,16 +13,16 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 
-from gitsync import health
-from gitsync.apply import AppliedSet, apply_plan
 from gitsync.config import IgnoreRule
-from gitsync.gate import Verdict, wait_healthy
-from gitsync.inventory import AppState, InventoryEntry
+from gitsync.engine.apply import AppliedSet, apply_plan
+from gitsync.engine.inventory import AppState, InventoryEntry
+from gitsync.engine.ownership import Owners
+from gitsync.engine.plan import Action, make_plan
+from gitsync.engine.prune import prune
+from gitsync.health import rules
+from gitsync.health.gate import Verdict, wait_healthy
 from gitsync.kube import Kube
 from gitsync.model import Identity, KubeObject, Manifest, ManifestSet, ObjectRef, field_manager
-from gitsync.ownership import Owners
-from gitsync.plan import Action, make_plan
-from gitsync.prune import prune
 
 _POD = ObjectRef(group="", version="v1", kind="Pod", namespace="", name="")
 
@@ -175,7 +175,7 @@ def unstick_statefulsets(
             owned = any(r.get("uid") == uid for r in meta.get("ownerReferences") or [])
             if not owned or (meta.get("labels") or {}).get("controller-revision-hash") == revision:
                 continue
-            if health.assess(pod).status is health.Status.CURRENT:
+            if rules.assess(pod).status is rules.Status.CURRENT:
                 continue
             ref = ObjectRef.of(pod)
             if kube.delete(ref, uid=str(meta.get("uid", ""))):

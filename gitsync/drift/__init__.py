@@ -1,0 +1,1 @@
+"""Drift: compare live objects with Git, attribute, report and heal."""

@@ -1,0 +1,1 @@
+"""Engine: plan, apply in order, prune, keep the inventory, roll back."""

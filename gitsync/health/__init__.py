@@ -1,0 +1,1 @@
+"""Health: rules per kind and the gate that waits on them."""

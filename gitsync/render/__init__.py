@@ -1,0 +1,1 @@
+"""Render: read YAML, Kustomize and Helm into manifests."""

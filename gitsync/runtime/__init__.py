@@ -1,0 +1,1 @@
+"""Runtime: the controller, leader election, HTTP server, metrics and Events."""

@@ -1,0 +1,1 @@
+"""Source: fetch a Git revision, cache checkouts, verify signatures."""
