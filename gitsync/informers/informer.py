@@ -1,0 +1,206 @@
+"""One kind, cluster-wide (or one namespace), kept current by LIST then WATCH.
+
+The first LIST is served from the API server's watch cache (``resourceVersion=0``).
+The watch resumes from the last resourceVersion (bookmarks keep it fresh), relists
+after ``410 Gone``, and reconnects with a capped backoff while the API server is away:
+a relist is a diff against the store, so subscribers see ordinary ADDED, MODIFIED and
+DELETED changes, never a flood. A kind the server does not serve counts as synced and
+empty, and is tried again later (its CRD may come).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from gitsync.errors import KubeError, NotFoundError
+from gitsync.informers.store import Change, Store
+from gitsync.kube import Kube, Resource, WatchCancel
+
+Subscriber = Callable[[Change], None]
+ALL = ""  # subscribe to every change, whatever its label
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class InformerSettings:
+    """Timings; the defaults suit a controller, tests shorten them."""
+
+    watch_timeout: int = 300  # server-side watch timeout; the watch is resumed after it
+    retry_max: float = 5.0  # longest wait between reconnect attempts
+    missing_kind_retry: float = 30.0  # a kind the server does not serve (yet) is retried
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """What one informer watches: a kind, where, and which objects."""
+
+    group: str
+    kind: str
+    namespace: str = ""
+    selector: str = ""  # a label selector; "" is every object
+    index_label: str = ""  # the label whose value indexes the store (the app, usually)
+
+
+class Informer:
+    """LIST+WATCH of one ``Target`` on a thread, into a ``Store``, fanned out to subscribers.
+
+    Subscribers run on the informer's thread and must be quick (hand off to a queue);
+    one that raises is logged and kept.
+    """
+
+    def __init__(
+        self, kube: Kube, target: Target, *, settings: InformerSettings, logger: Any
+    ) -> None:
+        self.kube, self.target, self.settings, self.log = kube, target, settings, logger
+        self.store = Store(index_label=target.index_label)
+        self.lists = 0
+        self.relists = 0
+        self.watches = 0
+        self._synced = threading.Event()
+        self._stopped = threading.Event()
+        self._cancel = WatchCancel()
+        self._subscribers: dict[str, list[Subscriber]] = {}
+        self._sub_lock = threading.Lock()
+        self._thread = threading.Thread(
+            target=self._run, name=f"informer-{target.kind}", daemon=True
+        )
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._cancel.cancel()
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    @property
+    def synced(self) -> bool:
+        return self._synced.is_set()
+
+    def wait_synced(self, timeout: float) -> bool:
+        """Whether the first LIST is in the store within ``timeout`` seconds."""
+        return self._synced.wait(timeout)
+
+    # --- subscribers -----------------------------------------------------------------
+
+    def subscribe(self, callback: Subscriber, *, label: str = ALL) -> Callable[[], None]:
+        """Call ``callback`` for every change of objects whose index label is ``label``
+        (before or after the change), or of all objects; returns the unsubscribe."""
+        with self._sub_lock:
+            self._subscribers.setdefault(label, []).append(callback)
+
+        def unsubscribe() -> None:
+            with self._sub_lock:
+                subs = self._subscribers.get(label, [])
+                if callback in subs:
+                    subs.remove(callback)
+
+        return unsubscribe
+
+    def _dispatch(self, change: Change) -> None:
+        with self._sub_lock:
+            subs = list(self._subscribers.get(ALL, ()))
+            for label in change.labels:
+                subs += self._subscribers.get(label, ())
+        for callback in subs:
+            try:
+                callback(change)
+            except Exception:  # one subscriber's bug must not stop the others
+                self.log.exception("informer.subscriber_failed", kind=self.target.kind)
+
+    # --- the loop --------------------------------------------------------------------
+
+    def _resource(self) -> Resource | None:
+        key = (self.target.group, self.target.kind)
+        res = self.kube.discover().preferred.get(key)
+        if res is None:
+            res = self.kube.discover(refresh=True).preferred.get(key)
+        return res
+
+    def _run(self) -> None:
+        rv = ""
+        delay = 0.2
+        while not self._stopped.is_set():
+            try:
+                res = self._resource()
+                if res is None:
+                    self._missing("not served")
+                    continue
+                if not rv:
+                    rv = self._list(res)
+                rv, delay = self._watch(res, rv, delay)
+            except NotFoundError as e:
+                rv = ""
+                self._missing(str(e))
+            except KubeError as e:
+                if self._stopped.is_set():
+                    return
+                if e.status == 410:
+                    rv = ""
+                self.log.info("informer.retry", kind=self.target.kind, error=str(e), seconds=delay)
+                self._stopped.wait(delay)
+                delay = min(delay * 2, self.settings.retry_max)
+
+    def _missing(self, why: str) -> None:
+        """Not served: nothing of it exists; say so, and look again later."""
+        for change in self.store.replace(()):
+            self._dispatch(change)
+        self._synced.set()
+        self.log.info("informer.kind_missing", kind=self.target.kind, reason=why)
+        self._stopped.wait(self.settings.missing_kind_retry)
+
+    def _list(self, res: Resource) -> str:
+        """The first LIST comes from the watch cache; a relist after 410 reads etcd."""
+        first = not self._synced.is_set()
+        items, rv = self.kube.list_objects(
+            res,
+            namespace=self.target.namespace,
+            label_selector=self.target.selector,
+            cached=first,
+        )
+        self.lists += 1
+        if not first:
+            self.relists += 1
+        for change in self.store.replace(items):
+            self._dispatch(change)
+        self._synced.set()
+        return rv
+
+    def _watch(self, res: Resource, rv: str, delay: float) -> tuple[str, float]:
+        """One watch request; returns where to resume ("" = relist) and the next backoff."""
+        self.watches += 1
+        for etype, obj, line in self.kube.watch_lines(
+            res,
+            namespace=self.target.namespace,
+            label_selector=self.target.selector,
+            resource_version=rv,
+            timeout_seconds=self.settings.watch_timeout,
+            cancel=self._cancel,
+        ):
+            if self._stopped.is_set():
+                return rv, delay
+            if etype == "ERROR":
+                if obj.get("code") == 410:
+                    self.log.info("informer.relist", kind=self.target.kind, reason="410 Gone")
+                    return "", 0.2
+                self.log.warning(
+                    "informer.watch_error", kind=self.target.kind, error=str(obj.get("message"))
+                )
+                self._stopped.wait(delay)
+                return rv, min(delay * 2, self.settings.retry_max)
+            rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
+            delay = 0.2
+            if etype == "BOOKMARK":
+                continue
+            obj.setdefault("apiVersion", res.api_version)
+            obj.setdefault("kind", res.kind)
+            change = self.store.put(etype, obj, line)
+            if change is not None:
+                self._dispatch(change)
+        return rv, delay
