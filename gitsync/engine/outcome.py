@@ -20,6 +20,7 @@ from gitsync.engine import inventory
 from gitsync.engine.apply import Failure
 from gitsync.engine.inventory import AppState
 from gitsync.errors import GitSyncError, KubeError
+from gitsync.informers.hub import Informers
 from gitsync.kube import Kube
 from gitsync.source.git import GitAuth
 
@@ -53,6 +54,9 @@ class Context:
     kustomize: tuple[str, ...] | None = None
     # Set on shutdown: a sync stops before its first write, or leaves its health gate early.
     cancel: threading.Event | None = None
+    # The controller's shared watch caches (None in a one-shot CLI sync): the gate, the
+    # plan's no-op check and state reads use them instead of API calls.
+    informers: Informers | None = None
 
     @property
     def cancelled(self) -> bool:
