@@ -333,7 +333,7 @@ def _progress_bar() -> Any:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from gitsync.drift.watcher import scan
+    from gitsync.drift.scan import scan
     from gitsync.engine import inventory
     from gitsync.runtime import overview
 

@@ -1,17 +1,18 @@
 """Drift detection: watch what an app manages, report who changed which field, self-heal.
 
-``DriftWatcher`` runs per app on threads: one LIST+WATCH per managed kind (selected by
-the app label, resumed from its resourceVersion, bookmarks on, relisted after ``410
-Gone``, retried while the API server is away), one on the app's state Secret (the intent
-is its ``healthy_manifests``: a sync anywhere updates the watcher without a call), and a
-worker thread that alone owns the watcher's state and runs the rules of
-``gitsync.drift.compare`` on every change.
+A ``DriftWatcher`` is one worker thread per app that alone owns the app's drift state.
+Its parts, each in its own module:
 
-A relist is a full compare, not a flood: a drift is reported once (``drift.detected``),
-again only if it changes, and ``drift.resolved`` when it goes away. With ``selfHeal`` an
-object is re-applied after a debounce; healing one object too often in a window is a
-fight with someone, and stops (``drift.fight``). ``scan`` is the same compare, once, for
-``gitsync status``.
+- ``streams``: subscriptions to the controller's shared informers (one watch per kind
+  for every app, dispatched by app label) and to the app's state head Secret;
+- ``intents``: the intent index, the state's ``healthy_manifests`` (a sync anywhere
+  updates it without a call), with each intent's server-side form;
+- ``publisher``: what is reported, logged once (``drift.detected``), again only if it
+  changes, ``drift.resolved`` when it goes away;
+- ``healer``: with ``selfHeal``, re-applies after a debounce, and stops at a fight.
+
+The worker runs the rules of ``gitsync.drift.compare`` on every change. A relist of an
+informer arrives as ordinary changes, so a reconnect is never a flood of reports.
 """
 
 from __future__ import annotations
@@ -22,42 +23,32 @@ import itertools
 import queue
 import threading
 import time
-import zlib
-from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Final, TypeAlias
+from typing import Any, TypeAlias
 
 from gitsync import log
 from gitsync.config import AppConfig
 from gitsync.drift.compare import (
     EXPECTED_MANAGERS,
-    OBJECT_PATH,
     OWNER,
     DriftReport,
     DriftSet,
     compare,
-    deleted_report,
-    display,
     gitsync_applied_at,
     gitsync_wrote,
-    hpa_targets,
     now_text,
     writers,
-    written_at,
 )
-from gitsync.engine import ignores, inventory, statestore
-from gitsync.engine.inventory import AppState
-from gitsync.errors import KubeError, NotFoundError, StateError
-from gitsync.fields import content_hash
-from gitsync.kube import Kube, WatchCancel
-from gitsync.model import APP_LABEL, Identity, KubeObject, ObjectRef, field_manager
-from gitsync.runtime import events, metrics
-
-STATE_LABEL: Final = statestore.STATE_LABEL
-
-KindKey: TypeAlias = tuple[str, str]
-_STATE: Final[KindKey] = ("", "(state)")
+from gitsync.drift.healer import Healer, HealLimits
+from gitsync.drift.intents import Intents, KindKey, read_intent
+from gitsync.drift.publisher import Publisher
+from gitsync.drift.streams import Changed, Event, Listed, StateChanged, Streams, owner_app
+from gitsync.errors import KubeError, StateError
+from gitsync.informers.hub import Informers
+from gitsync.informers.informer import InformerSettings
+from gitsync.kube import Kube
+from gitsync.model import Identity, KubeObject, field_manager
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -68,35 +59,15 @@ class DriftSettings:
     heal_limit: int = 5  # heals of one object allowed within heal_window ...
     heal_window: float = 600.0  # ... before it is a fight and healing stops
     settle: float = 2.0  # a vanished object is drift only if still gone and desired then
+    # For a watcher without shared informers (it starts its own):
     watch_timeout: int = 300  # server-side watch timeout; the watch is resumed after it
     retry_max: float = 5.0  # longest wait between reconnect attempts
     missing_kind_retry: float = 60.0  # a kind the server does not serve (yet) is retried
-    hpa_ttl: float = 30.0  # HorizontalPodAutoscalers of a namespace are re-read after this
     emit_events: bool = True
     expected_managers: frozenset[str] = EXPECTED_MANAGERS
 
 
-@dataclass(frozen=True, slots=True)
-class _Intent:
-    obj: KubeObject = field(repr=False)  # may be a Secret
-    digest: str
-    ref: ObjectRef
-
-
-# --- messages to the worker ------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _Listed:
-    kind: KindKey
-    items: list[KubeObject] = field(repr=False)
-
-
-@dataclass(frozen=True, slots=True)
-class _Changed:
-    kind: KindKey
-    type: str
-    obj: KubeObject = field(repr=False)
+# --- messages to the worker, besides what the streams post ---------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,123 +87,14 @@ class _Stop:
     pass
 
 
-_Message: TypeAlias = _Listed | _Changed | _NewIntents | _Resume | _Stop
-
-
-def read_intent(kube: Kube, app: str, state_namespace: str) -> tuple[AppState, str] | None:
-    """The app's stored state and when it was written; None if none is stored.
-
-    Read whole through the state store, never decoded from a watched head Secret: a
-    large state's head only points at chunk Secrets. Raises StateError if unreadable.
-    """
-    stored = statestore.load(kube, app=app, namespace=state_namespace)
-    if stored.head is None or stored.blob is None:
-        return None
-    try:
-        state = inventory.decode(stored.blob, resource_version=stored.resource_version)
-    except (ValueError, KeyError, TypeError, zlib.error) as e:
-        msg = f"the state of app {app!r} in {state_namespace} is unreadable: {e}"
-        raise StateError(msg) from e
-    return state, written_at(stored.head)
-
-
-class _Stream:
-    """LIST then WATCH one kind, label-selected, until stopped; posts what it sees.
-
-    Resumes from the last resourceVersion (bookmarks keep it fresh), relists after ``410
-    Gone``, and retries with a capped backoff while the API server is unreachable.
-    """
-
-    def __init__(
-        self,
-        *,
-        kube: Kube,
-        ref: ObjectRef,
-        key: KindKey,
-        namespace: str,
-        selector: str,
-        post: Callable[[_Message], None],
-        settings: DriftSettings,
-        logger: Any,
-    ) -> None:
-        self.key = key
-        self._kube, self._ref, self._namespace, self._selector = kube, ref, namespace, selector
-        self._post, self._settings, self._log = post, settings, logger
-        self._stopped = threading.Event()
-        self._cancel = WatchCancel()
-        self._thread = threading.Thread(
-            target=self._run, name=f"drift-watch-{ref.kind}", daemon=True
-        )
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopped.set()
-        self._cancel.cancel()
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-
-    def _run(self) -> None:
-        rv = ""
-        delay = 0.2
-        while not self._stopped.is_set():
-            try:
-                res = self._kube.resource(self._ref)
-                if not rv:
-                    items, rv = self._kube.list_objects(
-                        res, namespace=self._namespace, label_selector=self._selector
-                    )
-                    self._post(_Listed(self.key, items))
-                rv, delay = self._watch(res, rv, delay)
-            except NotFoundError as e:
-                self._log.warning("drift.watch_failed", kind=self._ref.kind, error=str(e))
-                rv = ""
-                self._stopped.wait(self._settings.missing_kind_retry)
-            except KubeError as e:
-                if self._stopped.is_set():
-                    return
-                if e.status == 410:
-                    rv = ""
-                self._log.info(
-                    "drift.watch_retry", kind=self._ref.kind, error=str(e), seconds=delay
-                )
-                self._stopped.wait(delay)
-                delay = min(delay * 2, self._settings.retry_max)
-
-    def _watch(self, res: Any, rv: str, delay: float) -> tuple[str, float]:
-        """One watch request; returns where to resume ("" = relist) and the next backoff."""
-        for kind, obj in self._kube.watch(
-            res,
-            namespace=self._namespace,
-            label_selector=self._selector,
-            resource_version=rv,
-            timeout_seconds=self._settings.watch_timeout,
-            cancel=self._cancel,
-        ):
-            if self._stopped.is_set():
-                return rv, delay
-            if kind == "ERROR":
-                if obj.get("code") == 410:
-                    self._log.info("drift.relist", kind=self._ref.kind, reason="410 Gone")
-                    return "", 0.2
-                self._log.warning(
-                    "drift.watch_error", kind=self._ref.kind, error=str(obj.get("message"))
-                )
-                self._stopped.wait(delay)
-                return rv, min(delay * 2, self._settings.retry_max)
-            rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
-            delay = 0.2
-            if kind != "BOOKMARK":
-                self._post(_Changed(self.key, kind, obj))
-        return rv, delay
+_Message: TypeAlias = Event | _NewIntents | _Resume | _Stop
 
 
 class DriftWatcher:
     """Watches one app's objects and reports drift; ``start()``, ``current()``, ``stop()``.
 
-    The controller starts one per app on the leader. The intent comes from the app's
+    The controller starts one per app on the leader, all on its shared ``informers``;
+    without them the watcher starts (and stops) its own. The intent comes from the app's
     state Secret (and is refreshed whenever a sync rewrites it); ``update_intents`` lets
     a caller hand fresh intents directly.
 
@@ -251,39 +113,59 @@ class DriftWatcher:
         *,
         settings: DriftSettings | None = None,
         state_kube: Kube | None = None,
+        informers: Informers | None = None,
     ) -> None:
-        # ``kube`` is the app's identity (its ServiceAccount, if any): watches and heals;
-        # ``state_kube`` is gitsync's own: the state stream, intents and Events.
+        # ``kube`` is the app's identity (its ServiceAccount, if any): dry-runs and heals;
+        # ``state_kube`` is gitsync's own: state reads, Events and (by default) informers.
         self.kube, self.app, self.state_namespace = kube, app, state_namespace
         self.state_kube = state_kube or kube
         self.manager = field_manager(app.name)
-        self.settings = settings or DriftSettings()
+        self.settings = s = settings or DriftSettings()
         self.log = logger if logger is not None else log.get(app=app.name)
+        self._own_informers = informers is None
+        self.informers = informers or Informers(
+            self.state_kube,
+            settings=InformerSettings(
+                watch_timeout=s.watch_timeout,
+                retry_max=s.retry_max,
+                missing_kind_retry=s.missing_kind_retry,
+            ),
+            logger=self.log,
+        )
         self._queue: queue.Queue[_Message] = queue.Queue()
         self._lock = threading.Lock()
-        self._published: dict[Identity, tuple[DriftReport, ...]] = {}
         self._holds = 0
         self._ready = threading.Event()
         self._worker: threading.Thread | None = None
-        self._streams: dict[KindKey, _Stream] = {}
+        self.publisher = Publisher(
+            app=app.name,
+            kube=self.state_kube,
+            state_namespace=state_namespace,
+            logger=self.log,
+            emit_events=s.emit_events,
+        )
         # Everything below is owned by the worker thread.
-        self._intents: dict[Identity, _Intent] = {}
-        self._revision = ""
-        self._synced_at = ""
-        self._state_known = False
-        self._live: dict[Identity, KubeObject] = {}
-        self._listed: set[KindKey] = set()
-        self._dry: dict[Identity, tuple[str, KubeObject | None]] = {}
-        self._hpa: dict[str, tuple[float, frozenset[tuple[str, str, str]]]] = {}
+        self.streams = Streams(
+            self.informers, app=app.name, state_namespace=state_namespace, post=self._queue.put
+        )
+        self.intents = Intents(kube, manager=self.manager, logger=self.log)
+        self.healer = Healer(
+            kube=kube,
+            state_kube=self.state_kube,
+            app=app,
+            manager=self.manager,
+            state_namespace=state_namespace,
+            limits=HealLimits(
+                heal_limit=s.heal_limit, heal_window=s.heal_window, emit_events=s.emit_events
+            ),
+            autoscaled=self.informers.autoscaled,
+            logger=self.log,
+        )
         self._timers: list[tuple[float, int, str, Identity]] = []
         self._seq = itertools.count()
         self._gone_due: dict[Identity, float] = {}
         self._last_gone = 0.0
         self._heal_due: set[Identity] = set()
-        self._heals: dict[Identity, deque[float]] = {}
-        self._heal_managers: dict[Identity, set[str]] = {}
-        self._fighting: set[Identity] = set()
-        self._healed_at: dict[Identity, str] = {}
         # Objects gitsync wrote since their intent was installed (a sync is on them).
         self._touched: set[Identity] = set()
 
@@ -297,16 +179,6 @@ class DriftWatcher:
             target=self._loop, name=f"drift-{self.app.name}", daemon=True
         )
         self._worker.start()
-        state_ref = ObjectRef(
-            group="", version="v1", kind="Secret", namespace=self.state_namespace, name=""
-        )
-        self._start_stream(
-            _STATE,
-            state_ref,
-            self.state_namespace,
-            f"{STATE_LABEL}={self.app.name}",
-            kube=self.state_kube,
-        )
         self.log.info("drift.watching", state_namespace=self.state_namespace)
 
     def wait_ready(self, timeout: float) -> bool:
@@ -314,28 +186,20 @@ class DriftWatcher:
         return self._ready.wait(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop every thread this watcher started and forget its gauge."""
-        deadline = time.monotonic() + timeout
-        # The worker starts streams for new kinds: stop it first, then what it started.
+        """Stop the worker and its subscriptions, and forget its gauge."""
         self._queue.put(_Stop())
         if self._worker is not None:
-            self._worker.join(max(0.0, deadline - time.monotonic()))
-        streams = list(self._streams.values())
-        for stream in streams:
-            stream.stop()
-        for stream in streams:
-            stream.join(max(0.0, deadline - time.monotonic()))
-        self._streams.clear()
+            self._worker.join(timeout)
+        self.streams.stop()
+        if self._own_informers:
+            self.informers.stop()
         self._worker = None
-        with contextlib.suppress(KeyError):
-            metrics.DRIFT_OBJECTS.remove(self.app.name)
+        self.publisher.forget_gauge()
         self.log.info("drift.stopped")
 
     def current(self) -> DriftSet:
         """The app's drift now, one report per field, in a stable order."""
-        with self._lock:
-            reports = [r for group in self._published.values() for r in group]
-        return DriftSet(sorted(reports, key=lambda r: (r.ref, r.path)))
+        return self.publisher.current()
 
     @contextlib.contextmanager
     def syncing(self) -> Iterator[None]:
@@ -359,23 +223,8 @@ class DriftWatcher:
 
     # --- worker ------------------------------------------------------------------------
 
-    def _start_stream(
-        self, key: KindKey, ref: ObjectRef, namespace: str, selector: str, kube: Kube | None = None
-    ) -> None:
-        stream = _Stream(
-            kube=kube or self.kube,
-            ref=ref,
-            key=key,
-            namespace=namespace,
-            selector=selector,
-            post=self._queue.put,
-            settings=self.settings,
-            logger=self.log,
-        )
-        self._streams[key] = stream
-        stream.start()
-
     def _loop(self) -> None:
+        self.streams.watch_state()
         while True:
             wait = None
             if self._timers:
@@ -398,144 +247,109 @@ class DriftWatcher:
             self._install(message.objects, message.revision, message.synced_at)
         elif isinstance(message, _Resume):
             self._resume()
-        elif isinstance(message, _Listed | _Changed) and message.kind == _STATE:
-            self._on_state(message)
-        elif isinstance(message, _Listed):
-            self._on_listed(message)
-        elif isinstance(message, _Changed):
+        elif isinstance(message, StateChanged):
+            if not message.deleted:  # a lost Secret is not a new desired state
+                self._read_state()
+            self.intents.known = True
+            self._check_ready()
+        elif isinstance(message, Listed):
+            self._on_listed(message.kind)
+        elif isinstance(message, Changed):
             self._on_changed(message)
 
-    def _on_state(self, message: _Listed | _Changed) -> None:
-        secrets = message.items if isinstance(message, _Listed) else [message.obj]
-        if isinstance(message, _Changed) and message.type == "DELETED":
-            return  # keep the last known intent: a lost Secret is not a new desired state
-        head = inventory.secret_name(self.app.name)
-        if any((s.get("metadata") or {}).get("name") == head for s in secrets):
-            # The head changed: read the state it now stands for (it may be in chunks).
-            try:
-                found = read_intent(self.state_kube, self.app.name, self.state_namespace)
-            except (StateError, KubeError) as e:
-                self.log.warning("drift.state_unreadable", error=str(e))
-                found = None
-            if found is not None:
-                state, synced_at = found
-                self._install(state.healthy_manifests, state.healthy_revision, synced_at)
-        if not self._state_known:
-            self._state_known = True
-            self._check_ready()
-
-    def _install(self, objects: Iterable[KubeObject], revision: str, synced_at: str) -> None:
-        """New intents: forget what they invalidate, watch new kinds, compare everything."""
-        fresh: dict[Identity, _Intent] = {}
-        for obj in objects:
-            ref = ObjectRef.of(obj)
-            fresh[ref.identity()] = _Intent(obj=obj, digest=content_hash(obj), ref=ref)
-        for ident, old in self._intents.items():
-            new = fresh.get(ident)
-            if new is None or new.digest != old.digest:
-                self._touched.discard(ident)
-                self._dry.pop(ident, None)
-                self._heals.pop(ident, None)
-                self._heal_managers.pop(ident, None)
-                self._fighting.discard(ident)
-        if revision != self._revision or len(fresh) != len(self._intents):
-            self.log.info("drift.intents", revision=revision[:12], objects=len(fresh))
-        self._intents, self._revision = fresh, revision
-        self._synced_at = max(self._synced_at, synced_at)
-        self._state_known = True
-        kinds = {(i.ref.group, i.ref.kind): i.ref for i in fresh.values()}
-        for key in [k for k in self._streams if k != _STATE and k not in kinds]:
-            self._streams.pop(key).stop()
-            self._listed.discard(key)
-        for key, ref in kinds.items():
-            if key not in self._streams:
-                template = ObjectRef(
-                    group=ref.group, version=ref.version, kind=ref.kind, namespace="", name=""
-                )
-                self._start_stream(key, template, "", f"{APP_LABEL}={self.app.name}")
-        for ident in list(self._published):
-            if ident not in fresh:
-                self._publish(ident, [], reason="no longer desired")
-        for ident, intent in fresh.items():
-            if ident in self._live:
-                self._evaluate(ident)
-            elif (intent.ref.group, intent.ref.kind) in self._listed:
-                self._schedule_gone(ident)
-        self._check_ready()
-
-    def _on_listed(self, message: _Listed) -> None:
-        """A (re)list: a full compare; what it no longer holds has vanished."""
-        present: set[Identity] = set()
-        for obj in message.items:
-            ident = ObjectRef.of(obj).identity()
-            present.add(ident)
-            before = self._live.get(ident)
-            self._live[ident] = obj
-            self._evaluate(ident, before)
-        for ident in [i for i in self._live if (i[0], i[1]) == message.kind]:
-            if ident not in present:
-                del self._live[ident]
-        for ident, intent in self._intents.items():
-            if (intent.ref.group, intent.ref.kind) == message.kind and ident not in present:
-                self._schedule_gone(ident)
-        self._listed.add(message.kind)
-        self._check_ready()
-
-    def _on_changed(self, message: _Changed) -> None:
-        ident = ObjectRef.of(message.obj).identity()
-        if message.type == "DELETED":
-            self._live.pop(ident, None)
-            self._last_gone = time.monotonic()
-            self._schedule_gone(ident)
-            return
-        before = self._live.get(ident)
-        self._live[ident] = message.obj
-        self._gone_due.pop(ident, None)
-        self._evaluate(ident, before)
-
-    def _resume(self) -> None:
-        """After a sync here: its state now, then a full compare, and heals if wanted."""
-        if self._held():
-            return
+    def _read_state(self) -> bool:
+        """Install the intents the stored state names now; False if none is readable."""
         try:
             found = read_intent(self.state_kube, self.app.name, self.state_namespace)
         except (StateError, KubeError) as e:
             self.log.warning("drift.state_unreadable", error=str(e))
-            found = None
-        if found is not None:
-            state, synced_at = found
-            self._install(state.healthy_manifests, state.healthy_revision, synced_at)
-        else:
-            for ident in list(self._live):
+            return False
+        if found is None:
+            return False
+        state, synced_at = found
+        self._install(state.healthy_manifests, state.healthy_revision, synced_at)
+        return True
+
+    def _install(self, objects: Iterable[KubeObject], revision: str, synced_at: str) -> None:
+        """New intents: forget what they invalidate, follow new kinds, compare everything."""
+        old_revision, old_count = self.intents.revision, len(self.intents)
+        changed, removed = self.intents.install(objects, revision, synced_at)
+        for ident in changed | removed:
+            self._touched.discard(ident)
+            self.healer.forget(ident)
+        if revision != old_revision or len(self.intents) != old_count:
+            self.log.info("drift.intents", revision=revision[:12], objects=len(self.intents))
+        self.streams.track(self.intents.kinds())
+        for ident in self.publisher.drifted():
+            if ident not in self.intents:
+                self._publish(ident, [], reason="no longer desired")
+        for ident, intent in self.intents.items():
+            if not self.streams.listed(intent.kind):
+                continue  # compared when its informer has listed
+            if self.streams.live(ident) is not None:
                 self._evaluate(ident)
+            else:
+                self._schedule_gone(ident)
+        self._check_ready()
+
+    def _on_listed(self, kind: KindKey) -> None:
+        """The kind's informer holds a full LIST: compare all of it; what is missing vanished."""
+        if not self.streams.mark_listed(kind):
+            return
+        for ident in self.intents.of_kind(kind):
+            if self.streams.live(ident) is not None:
+                self._evaluate(ident)
+            else:
+                self._schedule_gone(ident)
+        self._check_ready()
+
+    def _on_changed(self, message: Changed) -> None:
+        change = message.change
+        ident = change.ident
+        if change.type == "DELETED" or owner_app(change.obj) != self.app.name:
+            # Gone, or relabelled away from this app: looked at again after settling.
+            self._last_gone = time.monotonic()
+            self._schedule_gone(ident)
+            return
+        self._gone_due.pop(ident, None)
+        self._evaluate(ident, change.obj, change.old())
+
+    def _resume(self) -> None:
+        """After a sync here (and at start): its state now, then a full compare, heals."""
+        if self._held():
+            return
+        if not self._read_state():
+            for ident, _intent in self.intents.items():
+                if self.streams.live(ident) is not None:
+                    self._evaluate(ident)
         if self.app.self_heal:
-            for ident in list(self._published):
+            for ident in self.publisher.drifted():
                 self._schedule_heal(ident)
 
     def _check_ready(self) -> None:
-        kinds = {(i.ref.group, i.ref.kind) for i in self._intents.values()}
-        if self._state_known and kinds <= self._listed and not self._ready.is_set():
-            metrics.DRIFT_OBJECTS.labels(app=self.app.name).set(len(self._published))
+        kinds = self.intents.kinds()
+        if self._ready.is_set() or not self.intents.known:
+            return
+        if all(self.streams.listed(k) for k in kinds):
+            self.publisher.set_gauge()
             self._ready.set()
             self.log.info(
                 "drift.ready",
-                objects=len(self._intents),
-                drifted=len([g for g in self._published.values() if g]),
-                revision=self._revision[:12],
+                objects=len(self.intents),
+                drifted=len(self.publisher.drifted()),
+                revision=self.intents.revision[:12],
             )
 
     # --- compare and report --------------------------------------------------------------
 
     def _since(self, ident: Identity) -> str:
-        return max(self._synced_at, self._healed_at.get(ident, ""))
+        return max(self.intents.synced_at, self.healer.healed_at(ident))
 
-    def _applied_since(self, ident: Identity, live: KubeObject) -> bool:
-        """gitsync applied ``live`` after the intent was recorded: a sync is on it."""
-        return gitsync_applied_at(live, manager=self.manager) > self._since(ident)
-
-    def _evaluate(self, ident: Identity, before: KubeObject | None = None) -> None:
-        intent = self._intents.get(ident)
-        live = self._live.get(ident)
+    def _evaluate(
+        self, ident: Identity, live: KubeObject | None = None, before: KubeObject | None = None
+    ) -> None:
+        intent = self.intents.get(ident)
+        live = live if live is not None else self.streams.live(ident)
         if intent is None or live is None:
             return
         if gitsync_wrote(before, live, manager=self.manager):
@@ -544,14 +358,14 @@ class DriftWatcher:
             intent.obj,
             live,
             app=self.app.name,
-            revision=self._revision,
+            revision=self.intents.revision,
             ignore=self.app.ignore,
-            server_desired=lambda: self._dry_run(ident),
-            autoscaled=self._autoscaled,
+            server_desired=lambda: self.intents.server_desired(ident),
+            autoscaled=self.informers.autoscaled,
             changed_by=writers(before, live, manager=self.manager),
             expected_managers=self.settings.expected_managers,
         )
-        self._publish(ident, self._hold_back(ident, live, reports))
+        self._publish(ident, self._hold_back(ident, live, reports), live=live)
 
     def _hold_back(
         self, ident: Identity, live: KubeObject, reports: list[DriftReport]
@@ -570,98 +384,23 @@ class DriftWatcher:
         if not syncing:
             return reports
         waiting = {r.path for r in ownerless}
-        earlier = [r for r in self._published.get(ident, ()) if r.path in waiting]
+        earlier = [r for r in self.publisher.of(ident) if r.path in waiting]
         return [r for r in reports if r.attribution == OWNER] + earlier
 
-    def _dry_run(self, ident: Identity) -> KubeObject | None:
-        """The intent as the server would store it; one dry-run per intent version."""
-        intent = self._intents[ident]
-        cached = self._dry.get(ident)
-        if cached is not None and cached[0] == intent.digest:
-            return cached[1]
-        try:
-            result: KubeObject | None = self.kube.apply(
-                intent.obj, dry_run=True, manager=self.manager
-            )
-        except KubeError as e:
-            self.log.debug("drift.dry_run_failed", object=str(intent.ref), error=str(e))
-            result = None
-        self._dry[ident] = (intent.digest, result)
-        return result
-
-    def _autoscaled(self, ref: ObjectRef) -> bool:
-        """An HPA in the namespace targets ``ref`` (then it owns spec.replicas)."""
-        cached = self._hpa.get(ref.namespace)
-        if cached is None or cached[0] < time.monotonic():
-            res = self.kube.discover().preferred.get(("autoscaling", "HorizontalPodAutoscaler"))
-            targets: frozenset[tuple[str, str, str]] = frozenset()
-            if res is not None:
-                try:
-                    items, _rv = self.kube.list_objects(res, namespace=ref.namespace)
-                    targets = hpa_targets(items)
-                except KubeError as e:
-                    self.log.debug("drift.hpa_lookup_failed", namespace=ref.namespace, error=str(e))
-            cached = (time.monotonic() + self.settings.hpa_ttl, targets)
-            self._hpa[ref.namespace] = cached
-        return (ref.namespace, ref.kind, ref.name) in cached[1]
-
-    def _publish(self, ident: Identity, reports: list[DriftReport], *, reason: str = "") -> None:
-        """Log what is new or changed and what went away; keep the rest as first reported."""
-        old = {r.path: r for r in self._published.get(ident, ())}
-        kept: list[DriftReport] = []
-        detected: list[DriftReport] = []
-        for report in reports:
-            previous = old.get(report.path)
-            if previous is not None and previous.signature == report.signature:
-                kept.append(previous)
-            else:
-                kept.append(report)
-                detected.append(report)
-        now_paths = {r.path for r in reports}
-        resolved = [r for path, r in old.items() if path not in now_paths]
-        if OBJECT_PATH in now_paths:
-            resolved = []  # its fields did not come back: the whole object went away
-        if not detected and not resolved:
-            return
-        for report in detected:
-            self.log.warning("drift.detected", **report.log_fields())
-        for report in resolved:
-            fields = report.log_fields()
-            self.log.info(
-                "drift.resolved",
-                object=fields["object"],
-                field=fields["field"],
-                desired=fields["desired"],
-                revision=self._revision[:12],
-                **({"reason": reason} if reason else {}),
-            )
-        with self._lock:
-            if kept:
-                self._published[ident] = tuple(kept)
-            else:
-                self._published.pop(ident, None)
-            drifted = len(self._published)
-        metrics.DRIFT_OBJECTS.labels(app=self.app.name).set(drifted)
-        if detected:
-            self._emit_event(ident, detected)
-            if self.app.self_heal:
-                self._schedule_heal(ident)
-
-    def _emit_event(self, ident: Identity, reports: list[DriftReport]) -> None:
-        if not self.settings.emit_events:
-            return
-        live = self._live.get(ident) or {}
-        uid = str((live.get("metadata") or {}).get("uid") or "")
-        message = "drift from Git: " + "; ".join(r.summary() for r in reports)
-        events.emit(
-            self.state_kube,
-            involved=reports[0].ref,
-            uid=uid,
-            reason="Drift",
-            message=message,
-            warning=True,
-            fallback_namespace=self.state_namespace,
+    def _publish(
+        self,
+        ident: Identity,
+        reports: list[DriftReport],
+        *,
+        live: KubeObject | None = None,
+        reason: str = "",
+    ) -> None:
+        uid = str(((live or {}).get("metadata") or {}).get("uid") or "")
+        detected = self.publisher.publish(
+            ident, reports, revision=self.intents.revision, uid=uid, reason=reason
         )
+        if detected and self.app.self_heal:
+            self._schedule_heal(ident)
 
     # --- timers: vanished objects and self-heal --------------------------------------------
 
@@ -678,7 +417,7 @@ class DriftWatcher:
                 self._heal(ident)
 
     def _schedule_gone(self, ident: Identity) -> None:
-        if ident in self._intents and ident not in self._gone_due:
+        if ident in self.intents and ident not in self._gone_due:
             self._gone_due[ident] = time.monotonic()
             self._at(self.settings.settle, "gone", ident)
 
@@ -696,37 +435,31 @@ class DriftWatcher:
             self._at(self.settings.settle - quiet, "gone", ident)
             return
         del self._gone_due[ident]
-        intent = self._intents.get(ident)
-        if intent is None or ident in self._live:
+        intent = self.intents.get(ident)
+        if intent is None or self.streams.live(ident) is not None:
             return
         try:
             found = self.kube.get(intent.ref)
         except KubeError as e:
             self.log.debug("drift.get_failed", object=str(intent.ref), error=str(e))
             found = None
-        if found is not None:
-            # It exists but left the app's label selector (relabelled): compare it once.
-            reports = compare(
-                intent.obj,
-                found,
-                app=self.app.name,
-                revision=self._revision,
-                ignore=self.app.ignore,
-                server_desired=lambda: self._dry_run(ident),
-                autoscaled=self._autoscaled,
-                expected_managers=self.settings.expected_managers,
-            )
-            self._publish(ident, self._hold_back(ident, found, reports))
-            return
-        self._publish(
-            ident,
-            compare(
-                intent.obj, None, app=self.app.name, revision=self._revision, ignore=self.app.ignore
-            ),
+        reports = compare(
+            intent.obj,
+            found,
+            app=self.app.name,
+            revision=self.intents.revision,
+            ignore=self.app.ignore,
+            server_desired=lambda: self.intents.server_desired(ident),
+            autoscaled=self.informers.autoscaled,
+            expected_managers=self.settings.expected_managers,
         )
+        if found is not None:
+            # It exists but is no longer labelled for this app: compare it as it is.
+            reports = self._hold_back(ident, found, reports)
+        self._publish(ident, reports, live=found)
 
     def _schedule_heal(self, ident: Identity) -> None:
-        if ident in self._heal_due or ident in self._fighting:
+        if ident in self._heal_due or self.healer.fighting(ident):
             return
         self._heal_due.add(ident)
         self._at(self.settings.debounce, "heal", ident)
@@ -734,137 +467,17 @@ class DriftWatcher:
     def _heal(self, ident: Identity) -> None:
         """Re-apply the intent, unless the drift is gone, a sync is on it, or it is a fight."""
         self._heal_due.discard(ident)
-        intent = self._intents.get(ident)
-        current = self._published.get(ident, ())
-        if intent is None or not current or ident in self._fighting:
+        intent = self.intents.get(ident)
+        current = self.publisher.of(ident)
+        if intent is None or not current or self.healer.fighting(ident):
             return
-        live = self._live.get(ident)
+        live = self.streams.live(ident)
         if self._held() or (
             live is not None and gitsync_applied_at(live, manager=self.manager) > self._since(ident)
         ):
             return  # a sync is applying this object right now; _resume() looks again
-        now = time.monotonic()
-        history = self._heals.setdefault(ident, deque())
-        while history and history[0] < now - self.settings.heal_window:
-            history.popleft()
-        managers = self._heal_managers.setdefault(ident, set())
-        managers.update(r.manager or "unknown" for r in current)
-        if len(history) >= self.settings.heal_limit:
-            self._fighting.add(ident)
-            self.log.error(
-                "drift.fight",
-                object=str(intent.ref),
-                heals=len(history),
-                window_seconds=self.settings.heal_window,
-                managers=sorted(managers),
-                fields=[r.path for r in current],
-            )
-            if self.settings.emit_events:
-                events.emit(
-                    self.state_kube,
-                    involved=intent.ref,
-                    reason="Drift",
-                    message=(
-                        f"self-heal stopped: healed {len(history)} times in "
-                        f"{self.settings.heal_window:.0f}s, changed back each time by "
-                        f"{', '.join(sorted(managers))}; fix the repository or the other writer"
-                    ),
-                    warning=True,
-                    fallback_namespace=self.state_namespace,
-                )
-            return
-        # Healing reverts exactly what drift reported: what sync leaves alone, it does too.
-        body = intent.obj
-        if live is not None:
-            skipped = ignores.skipped(
-                body, live, rules=self.app.ignore, autoscaled=self._autoscaled(intent.ref)
-            )
-            body = ignores.without(body, skipped) if skipped else body
-        try:
-            applied = self.kube.apply(body, manager=self.manager)
-        except KubeError as e:
-            self.log.error("drift.heal_failed", object=str(intent.ref), error=str(e))
-            return
-        history.append(now)
-        self._healed_at[ident] = gitsync_applied_at(applied, manager=self.manager)
-        self._touched.discard(ident)
-        self.log.info(
-            "drift.healed",
-            object=str(intent.ref),
-            fields=[r.path for r in current],
-            managers=sorted({r.manager or "unknown" for r in current}),
-            revision=self._revision[:12],
-        )
+        if self.healer.heal(intent, live, current, revision=self.intents.revision):
+            self._touched.discard(ident)
 
 
-def scan(
-    kube: Kube, app: AppConfig, *, state_namespace: str, settings: DriftSettings | None = None
-) -> DriftSet:
-    """The app's drift now, from one LIST per managed kind: ``gitsync status``."""
-    settings = settings or DriftSettings()
-    found = read_intent(kube, app.name, state_namespace)
-    if found is None:
-        return DriftSet()
-    state, synced_at = found
-    intents = {ObjectRef.of(o).identity(): o for o in state.healthy_manifests}
-    live: dict[Identity, KubeObject] = {}
-    kinds = {(r.group, r.kind): r for r in map(ObjectRef.of, intents.values())}
-    served: set[tuple[str, str]] = set()
-    for key, kind_ref in kinds.items():
-        try:
-            res = kube.resource(kind_ref)
-        except NotFoundError:
-            continue  # not served (a CRD gone): every object of it is gone too
-        served.add(key)
-        items, _rv = kube.list_objects(res, label_selector=f"{APP_LABEL}={app.name}")
-        for item in items:
-            live[ObjectRef.of(item).identity()] = item
-    hpas: dict[str, frozenset[tuple[str, str, str]]] = {}
-
-    def autoscaled(target: ObjectRef) -> bool:
-        if target.namespace not in hpas:
-            res = kube.discover().preferred.get(("autoscaling", "HorizontalPodAutoscaler"))
-            items = kube.list_objects(res, namespace=target.namespace)[0] if res else []
-            hpas[target.namespace] = hpa_targets(items)
-        return (target.namespace, target.kind, target.name) in hpas[target.namespace]
-
-    reports: list[DriftReport] = []
-    for ident, intent in intents.items():
-        ref = ObjectRef.of(intent)
-        obj = live.get(ident)
-        if obj is None and (ref.group, ref.kind) in served:
-            obj = kube.get(ref)  # it may only have lost the app label
-
-        def dry_run(intent: KubeObject = intent) -> KubeObject | None:
-            try:
-                return kube.apply(intent, dry_run=True, manager=field_manager(app.name))
-            except KubeError:
-                return None
-
-        reports.extend(
-            compare(
-                intent,
-                obj,
-                app=app.name,
-                revision=state.healthy_revision,
-                ignore=app.ignore,
-                server_desired=dry_run,
-                autoscaled=autoscaled,
-                synced_at=synced_at,
-                expected_managers=settings.expected_managers,
-            )
-        )
-    return DriftSet(sorted(reports, key=lambda r: (r.ref, r.path)))
-
-
-__all__ = [
-    "OBJECT_PATH",
-    "DriftReport",
-    "DriftSet",
-    "DriftSettings",
-    "DriftWatcher",
-    "compare",
-    "deleted_report",
-    "display",
-    "scan",
-]
+__all__ = ["DriftSettings", "DriftWatcher"]

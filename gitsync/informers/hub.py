@@ -17,6 +17,7 @@ from typing import Any
 
 from gitsync import log
 from gitsync.drift.compare import hpa_targets
+from gitsync.engine.statestore import CHUNK_LABEL, STATE_LABEL
 from gitsync.informers.informer import Informer, InformerSettings, Target
 from gitsync.kube import Kube
 from gitsync.model import APP_LABEL, ObjectRef
@@ -63,6 +64,18 @@ class Informers:
     def everything(self, group: str, kind: str) -> Informer:
         """Every object of a kind (Pods, ReplicaSets, HPAs), indexed by owner uid."""
         return self.informer(Target(group, kind, index_label=APP_LABEL))
+
+    def state_heads(self, namespace: str) -> Informer:
+        """The apps' state head Secrets in ``namespace``, indexed by app."""
+        return self.informer(
+            Target("", "Secret", namespace=namespace, selector=STATE_LABEL, index_label=STATE_LABEL)
+        )
+
+    def state_chunks(self, namespace: str) -> Informer:
+        """The chunk Secrets of large states in ``namespace``, indexed by app."""
+        return self.informer(
+            Target("", "Secret", namespace=namespace, selector=CHUNK_LABEL, index_label=CHUNK_LABEL)
+        )
 
     def wait_synced(self, informers: Iterable[Informer], timeout: float) -> bool:
         deadline = time.monotonic() + timeout

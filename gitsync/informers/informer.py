@@ -62,6 +62,7 @@ class Informer:
         self._stopped = threading.Event()
         self._cancel = WatchCancel()
         self._subscribers: dict[str, list[Subscriber]] = {}
+        self._on_synced: list[Callable[[], None]] = []
         self._sub_lock = threading.Lock()
         self._thread = threading.Thread(
             target=self._run, name=f"informer-{target.kind}", daemon=True
@@ -86,6 +87,25 @@ class Informer:
     def wait_synced(self, timeout: float) -> bool:
         """Whether the first LIST is in the store within ``timeout`` seconds."""
         return self._synced.wait(timeout)
+
+    def when_synced(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the first LIST is in the store: now, if it already is
+        (on this thread), else on the informer's thread right after that LIST."""
+        with self._sub_lock:
+            if not self._synced.is_set():
+                self._on_synced.append(callback)
+                return
+        callback()
+
+    def _mark_synced(self) -> None:
+        with self._sub_lock:
+            self._synced.set()
+            waiting, self._on_synced = self._on_synced, []
+        for callback in waiting:
+            try:
+                callback()
+            except Exception:  # same rule as subscribers
+                self.log.exception("informer.subscriber_failed", kind=self.target.kind)
 
     # --- subscribers -----------------------------------------------------------------
 
@@ -151,7 +171,7 @@ class Informer:
         """Not served: nothing of it exists; say so, and look again later."""
         for change in self.store.replace(()):
             self._dispatch(change)
-        self._synced.set()
+        self._mark_synced()
         self.log.info("informer.kind_missing", kind=self.target.kind, reason=why)
         self._stopped.wait(self.settings.missing_kind_retry)
 
@@ -169,7 +189,7 @@ class Informer:
             self.relists += 1
         for change in self.store.replace(items):
             self._dispatch(change)
-        self._synced.set()
+        self._mark_synced()
         return rv
 
     def _watch(self, res: Resource, rv: str, delay: float) -> tuple[str, float]:

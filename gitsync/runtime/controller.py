@@ -39,10 +39,12 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from gitsync import log
 from gitsync.config import AppConfig, GitSyncConfig
-from gitsync.drift.watcher import DriftReport, DriftWatcher
+from gitsync.drift.compare import DriftReport
+from gitsync.drift.watcher import DriftWatcher
 from gitsync.engine import inventory
 from gitsync.engine.sync import Context, SyncResult, app_kube, sync_app
 from gitsync.errors import ConfigError, GitSyncError
+from gitsync.informers.hub import Informers
 from gitsync.kube import Kube
 from gitsync.runtime import events, metrics, overview, ui
 from gitsync.runtime.leader import LeaderElector, LeaseSpec, default_identity
@@ -198,11 +200,15 @@ class Controller:
         self.credentials = credentials
         self.log = log.get(component="controller")
         self.stopping = threading.Event()
+        # One watch per kind for every app: drift, the gate and the plan's no-op check.
+        # They start on first use, which only the leader makes.
+        self.informers = Informers(kube)
         self.ctx = Context(
             kube=kube,
             cache_dir=_writable_dir(Path(cfg.cache_dir)),
             state_namespace=cfg.state_namespace,
             cancel=self.stopping,
+            informers=self.informers,
         )
         ctl = cfg.controller
         self.stuck_after = ctl.stuck_after or STUCK_AFTER_DEFAULT
@@ -502,6 +508,7 @@ class Controller:
                     self.cfg.state_namespace,
                     log.get(app=runner.app.name),
                     state_kube=self.kube,
+                    informers=self.informers,
                 )
                 runner.drift.start()
             except Exception as e:  # noqa: BLE001 - drift reports are optional, syncs are not
@@ -522,6 +529,7 @@ class Controller:
             t.join(max(0.0, deadline - time.monotonic()))
         for r in self.runners.values():
             r.drift = None
+        self.informers.stop()
 
     # --- what the HTTP server asks -------------------------------------------------------
 

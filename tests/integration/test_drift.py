@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from gitsync import config
-from gitsync.drift import watcher as drift
+from gitsync.drift import scan as drift
 from gitsync.drift.watcher import DriftSettings, DriftWatcher
 from gitsync.engine.sync import Context, sync_app
 from gitsync.kube import Kube

@@ -210,7 +210,7 @@ def test_cli_render_diff_and_lint_work_on_charts(
 
 def test_drift_on_a_chart_object_is_reported(app: App, kube: Kube, kubectl: Kubectl) -> None:
     """A hand edit of an object the chart rendered is drift, like any other object's."""
-    from gitsync.drift import watcher as drift
+    from gitsync.drift import scan as drift
 
     app.repo.commit(shop_tree(), message="shop")
     assert app.sync(path="shop", helm=helm()).result == "synced"

@@ -32,7 +32,7 @@ spec:
 def test_job_removed_by_its_ttl_is_not_run_again(app: App, kube: Kube) -> None:
     """A finished Job that its ttlSecondsAfterFinished deleted is not recreated while Git
     keeps it unchanged, and is not reported as drift."""
-    from gitsync.drift.watcher import scan
+    from gitsync.drift.scan import scan
 
     app.commit({"ns.yaml": NAMESPACE, "job.yaml": JOB})
     assert app.sync().result == "synced"

@@ -86,7 +86,7 @@ spec:
 def test_hpa_keeps_its_replicas(app: App, kube: Kube) -> None:
     """Once the HPA scales to minReplicas, resyncs and diff leave replicas alone: 0 writes
     to the Deployment and no drift reported."""
-    from gitsync.drift.watcher import scan
+    from gitsync.drift.scan import scan
     from gitsync.engine.sync import prepare
     from tests.support.cluster_fixtures import wait_until
     from tests.support.manifests import deployment
@@ -153,7 +153,7 @@ def test_diff_sync_and_drift_name_the_same_field_and_the_other_manager(
 ) -> None:
     """A `kubectl set image` shows in `diff` with drift's field path and its manager; the sync
     that takes it back logs the conflict with that manager instead of forcing silently."""
-    from gitsync.drift.watcher import scan
+    from gitsync.drift.scan import scan
     from gitsync.engine.sync import prepare
     from tests.support.manifests import deployment
 

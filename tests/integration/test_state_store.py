@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 import yaml
 
-from gitsync.drift.watcher import DriftSettings, DriftWatcher, scan
+from gitsync.drift.scan import scan
+from gitsync.drift.watcher import DriftSettings, DriftWatcher
 from gitsync.engine import inventory, statestore
 from gitsync.engine.inventory import AppState, InventoryEntry
 from gitsync.errors import StateError
