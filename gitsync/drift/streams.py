@@ -50,18 +50,19 @@ class Streams:
         self,
         informers: Informers,
         *,
+        states: Informers,
         app: str,
         state_namespace: str,
         post: Callable[[Event], None],
     ) -> None:
-        self._informers, self._app, self._post = informers, app, post
+        self._informers, self._states, self._app, self._post = informers, states, app, post
         self._state_namespace = state_namespace
         self._kinds: dict[KindKey, tuple[Informer, Callable[[], None]]] = {}
         self._listed: set[KindKey] = set()
         self._state_off: Callable[[], None] | None = None
 
     def watch_state(self) -> None:
-        heads = self._informers.state_heads(self._state_namespace)
+        heads = self._states.state_heads(self._state_namespace)
         self._state_off = heads.subscribe(
             lambda c: self._post(StateChanged(deleted=c.type == "DELETED")), label=self._app
         )

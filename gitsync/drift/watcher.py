@@ -122,16 +122,17 @@ class DriftWatcher:
         self.manager = field_manager(app.name)
         self.settings = s = settings or DriftSettings()
         self.log = logger if logger is not None else log.get(app=app.name)
-        self._own_informers = informers is None
-        self.informers = informers or Informers(
-            self.state_kube,
-            settings=InformerSettings(
-                watch_timeout=s.watch_timeout,
-                retry_max=s.retry_max,
-                missing_kind_retry=s.missing_kind_retry,
-            ),
-            logger=self.log,
-        )
+        # Reads of the state go through gitsync's identity, reads of objects through the
+        # app's: shared informers serve an app with its own ServiceAccount its state
+        # only, never objects its account may not read (it gets informers of its own).
+        self._owned: list[Informers] = []
+        self.state_informers = informers or self._informers_as(self.state_kube)
+        if app.service_account is None and kube is self.state_kube:
+            self.informers = self.state_informers
+        elif app.service_account is None and informers is not None:
+            self.informers = informers
+        else:
+            self.informers = self._informers_as(kube)
         self._queue: queue.Queue[_Message] = queue.Queue()
         self._lock = threading.Lock()
         self._holds = 0
@@ -146,7 +147,11 @@ class DriftWatcher:
         )
         # Everything below is owned by the worker thread.
         self.streams = Streams(
-            self.informers, app=app.name, state_namespace=state_namespace, post=self._queue.put
+            self.informers,
+            states=self.state_informers,
+            app=app.name,
+            state_namespace=state_namespace,
+            post=self._queue.put,
         )
         self.intents = Intents(kube, manager=self.manager, logger=self.log)
         self.healer = Healer(
@@ -168,6 +173,21 @@ class DriftWatcher:
         self._heal_due: set[Identity] = set()
         # Objects gitsync wrote since their intent was installed (a sync is on them).
         self._touched: set[Identity] = set()
+
+    def _informers_as(self, kube: Kube) -> Informers:
+        """Informers of this watcher's own, stopped with it."""
+        s = self.settings
+        hub = Informers(
+            kube,
+            settings=InformerSettings(
+                watch_timeout=s.watch_timeout,
+                retry_max=s.retry_max,
+                missing_kind_retry=s.missing_kind_retry,
+            ),
+            logger=self.log,
+        )
+        self._owned.append(hub)
+        return hub
 
     # --- public ------------------------------------------------------------------------
 
@@ -191,8 +211,8 @@ class DriftWatcher:
         if self._worker is not None:
             self._worker.join(timeout)
         self.streams.stop()
-        if self._own_informers:
-            self.informers.stop()
+        for hub in self._owned:
+            hub.stop()
         self._worker = None
         self.publisher.forget_gauge()
         self.log.info("drift.stopped")

@@ -18,6 +18,7 @@ from typing import Any
 from gitsync import log
 from gitsync.drift.compare import hpa_targets
 from gitsync.engine.statestore import CHUNK_LABEL, STATE_LABEL
+from gitsync.errors import KubeError
 from gitsync.informers.informer import Informer, InformerSettings, Target
 from gitsync.kube import Kube
 from gitsync.model import APP_LABEL, ObjectRef
@@ -25,6 +26,7 @@ from gitsync.model import APP_LABEL, ObjectRef
 POD = ("", "Pod")
 REPLICASET = ("apps", "ReplicaSet")
 HPA = ("autoscaling", "HorizontalPodAutoscaler")
+HPA_TTL = 30.0  # seconds a namespace's HPAs are trusted when they cannot be watched
 
 
 class Informers:
@@ -40,6 +42,7 @@ class Informers:
         self._informers: dict[Target, Informer] = {}
         self._stopped = False
         self._hpa: tuple[int, frozenset[tuple[str, str, str]]] = (-1, frozenset())
+        self._hpa_by_namespace: dict[str, tuple[float, frozenset[tuple[str, str, str]]]] = {}
 
     def informer(self, target: Target) -> Informer:
         with self._lock:
@@ -86,12 +89,31 @@ class Informers:
         informer for every app, its targets recomputed only when an HPA changed."""
         informer = self.everything(*HPA)
         informer.wait_synced(10.0)
+        if informer.forbidden:
+            return self._autoscaled_in_namespace(ref)
         version, targets = self._hpa
         if version != informer.store.version:
             version = informer.store.version
             targets = hpa_targets(informer.store.objects())
             self._hpa = (version, targets)
         return (ref.namespace, ref.kind, ref.name) in targets
+
+    def _autoscaled_in_namespace(self, ref: ObjectRef) -> bool:
+        """For an identity with Roles only: its namespace's HPAs, re-read after a TTL."""
+        cached = self._hpa_by_namespace.get(ref.namespace)
+        if cached is None or cached[0] < time.monotonic():
+            res = self.kube.discover().preferred.get(HPA)
+            targets: frozenset[tuple[str, str, str]] = frozenset()
+            if res is not None:
+                try:
+                    targets = hpa_targets(self.kube.list_objects(res, namespace=ref.namespace)[0])
+                except KubeError as e:
+                    self.log.debug(
+                        "informer.hpa_lookup_failed", namespace=ref.namespace, error=str(e)
+                    )
+            cached = (time.monotonic() + HPA_TTL, targets)
+            self._hpa_by_namespace[ref.namespace] = cached
+        return (ref.namespace, ref.kind, ref.name) in cached[1]
 
     def stats(self) -> dict[str, int]:
         """What the informers cost so far: for logs, metrics and benchmarks."""

@@ -5,7 +5,8 @@ The watch resumes from the last resourceVersion (bookmarks keep it fresh), relis
 after ``410 Gone``, and reconnects with a capped backoff while the API server is away:
 a relist is a diff against the store, so subscribers see ordinary ADDED, MODIFIED and
 DELETED changes, never a flood. A kind the server does not serve counts as synced and
-empty, and is tried again later (its CRD may come).
+empty, and is tried again later (its CRD may come); so is a kind the identity may not
+read, flagged ``forbidden`` so that readers use their own calls instead.
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ class Informer:
     ) -> None:
         self.kube, self.target, self.settings, self.log = kube, target, settings, logger
         self.store = Store(index_label=target.index_label)
+        self.forbidden = False  # the last LIST or WATCH was refused (403)
         self.lists = 0
         self.relists = 0
         self.watches = 0
@@ -161,18 +163,25 @@ class Informer:
             except KubeError as e:
                 if self._stopped.is_set():
                     return
+                if e.status == 403:
+                    # This identity may not read the kind cluster-wide: readers fall
+                    # back to their own calls (see ``forbidden``); look again later.
+                    rv = ""
+                    self.forbidden = True
+                    self._missing(str(e), event="informer.forbidden")
+                    continue
                 if e.status == 410:
                     rv = ""
                 self.log.info("informer.retry", kind=self.target.kind, error=str(e), seconds=delay)
                 self._stopped.wait(delay)
                 delay = min(delay * 2, self.settings.retry_max)
 
-    def _missing(self, why: str) -> None:
-        """Not served: nothing of it exists; say so, and look again later."""
+    def _missing(self, why: str, *, event: str = "informer.kind_missing") -> None:
+        """Not served (or not readable): nothing of it is known; say so, look again later."""
         for change in self.store.replace(()):
             self._dispatch(change)
         self._mark_synced()
-        self.log.info("informer.kind_missing", kind=self.target.kind, reason=why)
+        self.log.info(event, kind=self.target.kind, reason=why)
         self._stopped.wait(self.settings.missing_kind_retry)
 
     def _list(self, res: Resource) -> str:
@@ -185,6 +194,7 @@ class Informer:
             cached=first,
         )
         self.lists += 1
+        self.forbidden = False
         if not first:
             self.relists += 1
         for change in self.store.replace(items):

@@ -14,13 +14,17 @@ import structlog
 import yaml
 
 from gitsync.cli import main
+from gitsync.drift.watcher import DriftSettings, DriftWatcher
 from gitsync.engine import inventory
+from gitsync.engine.sync import app_kube
 from gitsync.errors import KubeError
+from gitsync.informers.hub import Informers
 from gitsync.kube import Kube
 from gitsync.model import KubeObject
 from tests.support.app_fixtures import App, ref
 from tests.support.cluster_fixtures import Kubectl, wait_until
 from tests.support.controller_process import ControllerProcess, lease_config
+from tests.support.log_capture import Recorder
 from tests.support.manifests import deployment
 from tests.support.repos import BareRepo
 
@@ -396,3 +400,58 @@ def test_api_server_sees_the_impersonated_serviceaccount(kube: Kube, namespace: 
     }
     explicit = _whoami(kube.impersonate(sa, ["system:serviceaccounts", "team-a"]))
     assert set(explicit["groups"]) == {"system:serviceaccounts", "team-a", "system:authenticated"}
+
+
+def _drift_watcher(app: App, kube: Kube, hub: Informers, recorder: Recorder) -> DriftWatcher:
+    config = app.config(serviceAccount={"name": "deployer", "namespace": app.ns})
+    return DriftWatcher(
+        app_kube(config, app.ctx),
+        config,
+        app.ctx.state_namespace,
+        recorder.logger(app=app.name),
+        settings=DriftSettings(debounce=0.3, settle=0.5, retry_max=1.0, missing_kind_retry=2.0),
+        state_kube=kube,
+        informers=hub,
+    )
+
+
+@pytest.mark.parametrize("cluster_read", [True, False], ids=["cluster-read", "roles-only"])
+def test_drift_of_an_app_with_its_own_serviceaccount_reads_as_that_account(
+    app: App, kube: Kube, kubectl: Kubectl, cluster_read: bool
+) -> None:
+    """The shared informers (gitsync's identity) serve the app its state only; its objects
+    are read as its ServiceAccount. With cluster-wide read, changes are reported live;
+    with Roles only, the watch is refused and the objects are compared once, by GET."""
+    grant(kube, app.ns, "deployer")
+    if cluster_read:
+        reader = f"drift-reader-{app.ns}"
+        kubectl("create", "clusterrole", reader, "--verb=get,list,watch", "--resource=configmaps")
+        kubectl(
+            "create",
+            "clusterrolebinding",
+            reader,
+            f"--clusterrole={reader}",
+            f"--serviceaccount={app.ns}:deployer",
+        )
+    app.commit({"a.yaml": cm("a")}, "v1")
+    assert app.sync(serviceAccount={"name": "deployer", "namespace": app.ns}).result == "synced"
+    kubectl("patch", "configmap", "a", "-n", app.ns, "-p", '{"data":{"k":"before"}}')
+    hub, recorder = Informers(kube), Recorder()
+    watcher = _drift_watcher(app, kube, hub, recorder)
+    try:
+        watcher.start()
+        assert watcher.informers is not hub  # objects are not read as gitsync
+        assert watcher.state_informers is hub  # the state is
+        found = recorder.wait("drift.detected", field="data.k", timeout=30)
+        assert found["live"] == "before"
+        kubectl("patch", "configmap", "a", "-n", app.ns, "-p", '{"data":{"k":"after"}}')
+        if cluster_read:
+            changed = recorder.wait("drift.detected", field="data.k", live="after", timeout=30)
+            assert changed["manager"] == "kubectl-patch"
+        else:
+            assert recorder.find("informer.forbidden")
+    finally:
+        watcher.stop()
+        hub.stop()
+        if cluster_read:
+            kubectl("delete", "clusterrolebinding,clusterrole", f"drift-reader-{app.ns}")
