@@ -18,12 +18,10 @@ informer arrives as ordinary changes, so a reconnect is never a flood of reports
 from __future__ import annotations
 
 import contextlib
-import heapq
-import itertools
 import queue
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
@@ -31,19 +29,18 @@ from gitsync import log
 from gitsync.config import AppConfig
 from gitsync.drift.compare import (
     EXPECTED_MANAGERS,
-    OWNER,
     DriftReport,
     DriftSet,
     compare,
-    gitsync_applied_at,
-    gitsync_wrote,
     now_text,
     writers,
 )
+from gitsync.drift.guard import SyncGuard
 from gitsync.drift.healer import Healer, HealLimits
 from gitsync.drift.intents import Intents, KindKey, read_intent
 from gitsync.drift.publisher import Publisher
 from gitsync.drift.streams import Changed, Event, Listed, StateChanged, Streams, owner_app
+from gitsync.drift.timers import Timers
 from gitsync.errors import KubeError, StateError
 from gitsync.informers.hub import Informers
 from gitsync.informers.informer import InformerSettings
@@ -134,8 +131,6 @@ class DriftWatcher:
         else:
             self.informers = self._informers_as(kube)
         self._queue: queue.Queue[_Message] = queue.Queue()
-        self._lock = threading.Lock()
-        self._holds = 0
         self._ready = threading.Event()
         self._worker: threading.Thread | None = None
         self.publisher = Publisher(
@@ -166,13 +161,11 @@ class DriftWatcher:
             autoscaled=self.informers.autoscaled,
             logger=self.log,
         )
-        self._timers: list[tuple[float, int, str, Identity]] = []
-        self._seq = itertools.count()
+        self.guard = SyncGuard(manager=self.manager, since=self._since)
+        self._timers = Timers()
         self._gone_due: dict[Identity, float] = {}
         self._last_gone = 0.0
         self._heal_due: set[Identity] = set()
-        # Objects gitsync wrote since their intent was installed (a sync is on them).
-        self._touched: set[Identity] = set()
 
     def _informers_as(self, kube: Kube) -> Informers:
         """Informers of this watcher's own, stopped with it."""
@@ -221,21 +214,9 @@ class DriftWatcher:
         """The app's drift now, one report per field, in a stable order."""
         return self.publisher.current()
 
-    @contextlib.contextmanager
-    def syncing(self) -> Iterator[None]:
+    def syncing(self) -> contextlib.AbstractContextManager[None]:
         """Hold reports that a sync's own writes could cause until the sync is over."""
-        with self._lock:
-            self._holds += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._holds -= 1
-            self._queue.put(_Resume())
-
-    def _held(self) -> bool:
-        with self._lock:
-            return self._holds > 0
+        return self.guard.syncing(after=lambda: self._queue.put(_Resume()))
 
     def update_intents(self, objects: Iterable[KubeObject], *, revision: str) -> None:
         """Compare against these objects from now on (what a sync just applied)."""
@@ -246,11 +227,8 @@ class DriftWatcher:
     def _loop(self) -> None:
         self.streams.watch_state()
         while True:
-            wait = None
-            if self._timers:
-                wait = max(0.0, self._timers[0][0] - time.monotonic())
             try:
-                message: _Message | None = self._queue.get(timeout=wait)
+                message: _Message | None = self._queue.get(timeout=self._timers.wait())
             except queue.Empty:
                 message = None
             if isinstance(message, _Stop):
@@ -295,7 +273,7 @@ class DriftWatcher:
         old_revision, old_count = self.intents.revision, len(self.intents)
         changed, removed = self.intents.install(objects, revision, synced_at)
         for ident in changed | removed:
-            self._touched.discard(ident)
+            self.guard.forget(ident)
             self.healer.forget(ident)
         if revision != old_revision or len(self.intents) != old_count:
             self.log.info("drift.intents", revision=revision[:12], objects=len(self.intents))
@@ -336,7 +314,7 @@ class DriftWatcher:
 
     def _resume(self) -> None:
         """After a sync here (and at start): its state now, then a full compare, heals."""
-        if self._held():
+        if self.guard.held():
             return
         if not self._read_state():
             for ident, _intent in self.intents.items():
@@ -372,8 +350,7 @@ class DriftWatcher:
         live = live if live is not None else self.streams.live(ident)
         if intent is None or live is None:
             return
-        if gitsync_wrote(before, live, manager=self.manager):
-            self._touched.add(ident)
+        self.guard.saw(ident, before, live)
         reports = compare(
             intent.obj,
             live,
@@ -390,22 +367,7 @@ class DriftWatcher:
     def _hold_back(
         self, ident: Identity, live: KubeObject, reports: list[DriftReport]
     ) -> list[DriftReport]:
-        """Without an owner, a difference may be a sync's own write: while one may be on
-        this object, such differences wait (what was already reported stays reported)."""
-        ownerless = [r for r in reports if r.attribution != OWNER]
-        if not ownerless:
-            self._touched.discard(ident)  # the object agrees with the intent again
-            return reports
-        syncing = (
-            self._held()
-            or ident in self._touched
-            or gitsync_applied_at(live, manager=self.manager) > self._since(ident)
-        )
-        if not syncing:
-            return reports
-        waiting = {r.path for r in ownerless}
-        earlier = [r for r in self.publisher.of(ident) if r.path in waiting]
-        return [r for r in reports if r.attribution == OWNER] + earlier
+        return self.guard.hold_back(ident, live, reports, self.publisher.of(ident))
 
     def _publish(
         self,
@@ -425,12 +387,10 @@ class DriftWatcher:
     # --- timers: vanished objects and self-heal --------------------------------------------
 
     def _at(self, delay: float, what: str, ident: Identity) -> None:
-        heapq.heappush(self._timers, (time.monotonic() + delay, next(self._seq), what, ident))
+        self._timers.at(delay, what, ident)
 
     def _run_timers(self) -> None:
-        now = time.monotonic()
-        while self._timers and self._timers[0][0] <= now:
-            _due, _seq, what, ident = heapq.heappop(self._timers)
+        for what, ident in self._timers.due():
             if what == "gone":
                 self._confirm_gone(ident)
             elif what == "heal":
@@ -445,7 +405,7 @@ class DriftWatcher:
         """Still gone after the settle time and still desired (not pruned): drift."""
         if ident not in self._gone_due:
             return
-        if self._held():
+        if self.guard.held():
             self._at(self.settings.settle, "gone", ident)  # a prune may be running
             return
         quiet = time.monotonic() - self._last_gone
@@ -492,12 +452,10 @@ class DriftWatcher:
         if intent is None or not current or self.healer.fighting(ident):
             return
         live = self.streams.live(ident)
-        if self._held() or (
-            live is not None and gitsync_applied_at(live, manager=self.manager) > self._since(ident)
-        ):
+        if self.guard.applying(ident, live):
             return  # a sync is applying this object right now; _resume() looks again
         if self.healer.heal(intent, live, current, revision=self.intents.revision):
-            self._touched.discard(ident)
+            self.guard.forget(ident)
 
 
 __all__ = ["DriftSettings", "DriftWatcher"]
