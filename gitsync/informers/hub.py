@@ -115,6 +115,10 @@ class Informers:
             self._hpa_by_namespace[ref.namespace] = cached
         return (ref.namespace, ref.kind, ref.name) in cached[1]
 
+    def by_target(self) -> list[tuple[Target, Informer]]:
+        with self._lock:
+            return sorted(self._informers.items(), key=lambda x: x[0].name)
+
     def stats(self) -> dict[str, int]:
         """What the informers cost so far: for logs, metrics and benchmarks."""
         with self._lock:

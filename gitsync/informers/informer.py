@@ -43,6 +43,14 @@ class Target:
     selector: str = ""  # a label selector; "" is every object
     index_label: str = ""  # the label whose value indexes the store (the app, usually)
 
+    @property
+    def name(self) -> str:
+        """``Kind.group``, and where and which when not everything: a metric label."""
+        name = f"{self.kind}.{self.group}" if self.group else self.kind
+        if self.namespace:
+            name += f" in {self.namespace}"
+        return name + (f" [{self.selector}]" if self.selector else "")
+
 
 class Informer:
     """LIST+WATCH of one ``Target`` on a thread, into a ``Store``, fanned out to subscribers.

@@ -203,6 +203,7 @@ class Controller:
         # One watch per kind for every app: drift, the gate and the plan's no-op check.
         # They start on first use, which only the leader makes.
         self.informers = Informers(kube)
+        metrics.publish_informers(self.informers)
         self.ctx = Context(
             kube=kube,
             cache_dir=_writable_dir(Path(cfg.cache_dir)),

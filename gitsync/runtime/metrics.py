@@ -9,8 +9,13 @@ series count stays bounded by the config.
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gitsync.informers.hub import Informers
 
 RECONCILE_DURATION = Histogram(
     "gitsync_reconcile_duration_seconds",
@@ -82,3 +87,49 @@ def record_sync(*, app: str, result: str, revision: str, seconds: float, now: fl
                     REVISION_INFO.remove(app, old)
                 REVISION_INFO.labels(app=app, revision=revision).set(1)
                 _revisions[app] = revision
+
+
+class _InformerCollector(Collector):
+    """The shared informers' size and cost, read at scrape time (one series per watch)."""
+
+    def __init__(self) -> None:
+        self.hub: Informers | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        objects = GaugeMetricFamily(
+            "gitsync_informer_objects", "Objects one shared informer holds.", labels=["informer"]
+        )
+        size = GaugeMetricFamily(
+            "gitsync_informer_bytes",
+            "Bytes of JSON one shared informer holds.",
+            labels=["informer"],
+        )
+        lists = CounterMetricFamily(
+            "gitsync_informer_lists",
+            "LISTs one shared informer made (relists included).",
+            labels=["informer"],
+        )
+        relists = CounterMetricFamily(
+            "gitsync_informer_relists", "LISTs after 410 Gone or a reconnect.", labels=["informer"]
+        )
+        watches = CounterMetricFamily(
+            "gitsync_informer_watches",
+            "WATCH requests one shared informer opened.",
+            labels=["informer"],
+        )
+        for target, informer in self.hub.by_target() if self.hub is not None else ():
+            objects.add_metric([target.name], len(informer.store))
+            size.add_metric([target.name], informer.store.raw_bytes())
+            lists.add_metric([target.name], informer.lists)
+            relists.add_metric([target.name], informer.relists)
+            watches.add_metric([target.name], informer.watches)
+        yield from (objects, size, lists, relists, watches)
+
+
+_INFORMERS = _InformerCollector()
+REGISTRY.register(_INFORMERS)
+
+
+def publish_informers(hub: Informers | None) -> None:
+    """Serve this hub's figures on /metrics (the controller's; None forgets it)."""
+    _INFORMERS.hub = hub

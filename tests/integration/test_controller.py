@@ -123,6 +123,9 @@ def test_run_syncs_two_apps_and_follows_new_commits_while_a_third_hangs(
     assert f'gitsync_revision_info{{app="alpha",revision="{sha}"}} 1.0' in text
     assert 'gitsync_syncs_total{app="alpha",result="synced"} 2.0' in text
     assert "gitsync_leader 1.0" in text
+    # Both apps' ConfigMaps (and both drift watchers) are one shared informer: one watch.
+    assert 'gitsync_informer_objects{informer="ConfigMap [gitsync.io/app]"}' in text
+    assert 'gitsync_informer_watches_total{informer="ConfigMap [gitsync.io/app]"} 1.0' in text
 
     events = json.loads(kubectl("get", "events", "-n", state_ns, "-o", "json").stdout)["items"]
     synced = {e["involvedObject"]["name"] for e in events if e["reason"] == "Synced"}
