@@ -19,6 +19,7 @@ from gitsync.config import AppConfig
 from gitsync.engine import inventory
 from gitsync.engine.apply import Failure
 from gitsync.engine.inventory import AppState
+from gitsync.engine.steady import SteadyMemo
 from gitsync.errors import GitSyncError, KubeError
 from gitsync.informers.hub import Informers
 from gitsync.kube import Kube
@@ -57,6 +58,9 @@ class Context:
     # The controller's shared watch caches (None in a one-shot CLI sync): the gate, the
     # plan's no-op check and state reads use them instead of API calls.
     informers: Informers | None = None
+    # What the last full sync of each app left: a poll that finds it unchanged needs no
+    # render and no plan (``gitsync.engine.steady``; only with informers).
+    steady: SteadyMemo | None = None
 
     @property
     def cancelled(self) -> bool:

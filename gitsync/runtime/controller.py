@@ -42,6 +42,7 @@ from gitsync.config import AppConfig, GitSyncConfig
 from gitsync.drift.compare import DriftReport
 from gitsync.drift.watcher import DriftWatcher
 from gitsync.engine import inventory
+from gitsync.engine.steady import SteadyMemo
 from gitsync.engine.sync import Context, SyncResult, app_kube, sync_app
 from gitsync.errors import ConfigError, GitSyncError
 from gitsync.informers.hub import Informers
@@ -210,6 +211,7 @@ class Controller:
             state_namespace=cfg.state_namespace,
             cancel=self.stopping,
             informers=self.informers,
+            steady=SteadyMemo(),
         )
         ctl = cfg.controller
         self.stuck_after = ctl.stuck_after or STUCK_AFTER_DEFAULT
