@@ -1,0 +1,197 @@
+"""Three ``gitsync run`` replicas share 30 apps in shards; one is killed with ``kill -9``."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import time
+from collections import Counter, defaultdict
+from collections.abc import Callable
+from datetime import datetime
+from typing import Any
+
+import pytest
+
+from gitsync.runtime.shards import shard_of
+from tests.support.cluster_fixtures import Kubectl, wait_until
+from tests.support.controller_process import ControllerProcess, lease_config
+from tests.support.repos import BareRepo
+
+pytestmark = [pytest.mark.cluster, pytest.mark.git]
+
+APPS = 30
+SHARDS = 6
+LEASE = "gitsync-leader"
+LEASE_SECONDS = 4.0
+
+
+def _files(names: list[str], ns: str) -> dict[str, str]:
+    """Three ConfigMaps per app, each app in a folder of one repository."""
+    files = {}
+    for name in names:
+        docs = [
+            f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}-{i}\n"
+            f"  namespace: {ns}\ndata:\n  v: '{i}'\n"
+            for i in range(3)
+        ]
+        files[f"apps/{name}/cm.yaml"] = "---\n".join(docs)
+    return files
+
+
+def _ts(event: dict[str, Any]) -> float:
+    return datetime.fromisoformat(str(event["timestamp"])).timestamp()
+
+
+def _readyz(proc: ControllerProcess) -> dict[str, Any]:
+    _status, body = proc.get("/readyz")
+    doc: dict[str, Any] = json.loads(body)
+    return doc
+
+
+def _held(proc: ControllerProcess) -> list[int]:
+    return list(_readyz(proc).get("shards", {}).get("held", []))
+
+
+def _write_spans(
+    proc: ControllerProcess, *, end: float | None = None
+) -> dict[str, list[tuple[float, float]]]:
+    """Per app, the wall-clock spans from sync.started to sync.finished in one replica's
+    log; a sync still open (a killed replica) lasts until ``end``."""
+    spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    open_: dict[str, float] = {}
+    for e in proc.lines():
+        app = e.get("app")
+        if not isinstance(app, str):
+            continue
+        if e.get("event") == "sync.started":
+            assert app not in open_, f"{proc.name}: {app} started twice at once"
+            open_[app] = _ts(e)
+        elif e.get("event") == "sync.finished" and app in open_:
+            # Without sync.started the engine never ran (it writes only after that line).
+            spans[app].append((open_.pop(app), _ts(e)))
+    for app, began in open_.items():
+        assert end is not None, f"{proc.name}: sync of {app} never finished"
+        spans[app].append((began, end))
+    return spans
+
+
+def test_three_replicas_share_thirty_apps_and_a_killed_ones_shards_move_within_the_lease(
+    controllers: Callable[..., ControllerProcess],
+    make_repo: Callable[..., BareRepo],
+    namespace_factory: Callable[[], str],
+    kubectl: Kubectl,
+) -> None:
+    """Every replica holds shards; after kill -9 of one, its shards get a new holder and
+    its apps sync again within about one lease; no app is ever written by two replicas at
+    once (write spans from the logs, each sync tagged with the replica)."""
+    state_ns, ns = namespace_factory(), namespace_factory()
+    names = [f"app{i:02d}" for i in range(APPS)]
+    repo = make_repo("shards")
+    repo.commit(_files(names, ns))
+    cfg = {
+        "stateNamespace": state_ns,
+        "apps": [
+            {
+                "name": n,
+                "repo": repo.file_url,
+                "path": f"apps/{n}",
+                "namespace": ns,
+                "interval": "5s",
+            }
+            for n in names
+        ],
+        "controller": {"leaderElection": lease_config(), "shards": SHARDS},
+    }
+    began = time.monotonic()
+    replicas = [controllers(cfg, name=f"replica-{c}") for c in "abc"]
+
+    def synced(app: str) -> bool:
+        return any(r.events("sync.done", app=app) for r in replicas)
+
+    wait_until(lambda: all(synced(n) for n in names), timeout=90, what="all 30 apps synced")
+    print(f"30 apps synced by 3 replicas in {time.monotonic() - began:.1f}s")
+    wait_until(lambda: all(_held(r) for r in replicas), timeout=20, what="every replica leads")
+    held = {r.name: _held(r) for r in replicas}
+    print(f"shards held: {held}")
+    assert sorted(s for h in held.values() for s in h) == list(range(SHARDS))
+    assert all(len(h) == SHARDS // 3 for h in held.values()), held
+    for r in replicas:
+        _status, body = r.get("/metrics")
+        lines = set(re.findall(rb'gitsync_shard_held\{shard="(\d+)"\} 1\.0', body))
+        assert {int(s) for s in lines} == set(held[r.name])
+        assert b"gitsync_leader 1.0" in body
+        assert _readyz(r)["shards"]["members"][0].startswith(r.name + "_")
+        # Apps of shards held elsewhere: the webhook path would answer standby, no syncs.
+        for app in names:
+            if shard_of(app, SHARDS) not in held[r.name]:
+                assert not r.events("sync.started", app=app), (r.name, app)
+    apps_per_replica = Counter(
+        r.name for r in replicas for n in names if shard_of(n, SHARDS) in held[r.name]
+    )
+    print(f"apps per replica: {dict(apps_per_replica)}")
+
+    victim, survivors = replicas[0], replicas[1:]
+    moved_shards = held[victim.name]
+    moved_apps = [n for n in names if shard_of(n, SHARDS) in moved_shards]
+    time.sleep(2.0)  # let resyncs run, so the kill lands among writes
+    victim.kill()
+    killed = time.time()
+
+    def taken(shard: int) -> dict[str, Any] | None:
+        for r in survivors:
+            found = r.events("leader.acquired", lease=f"{state_ns}/{LEASE}-{shard}")
+            if found:
+                return found[0] | {"by": r.name}
+        return None
+
+    wait_until(lambda: all(taken(s) for s in moved_shards), timeout=30, what="the shards move over")
+
+    def resumed(app: str) -> dict[str, Any] | None:
+        starts = [e for r in survivors for e in r.events("sync.started", app=app)]
+        return min(starts, key=_ts) if starts else None
+
+    wait_until(lambda: all(resumed(a) for a in moved_apps), timeout=30, what="moved apps sync")
+    take_times = {s: _ts(taken(s) or {}) - killed for s in moved_shards}
+    sync_times = {a: _ts(resumed(a) or {}) - killed for a in moved_apps}
+    print(
+        f"kill -9 -> new holder per shard (s): { {s: round(t, 2) for s, t in take_times.items()} }"
+    )
+    print(
+        f"kill -9 -> next sync of a moved app (s): min {min(sync_times.values()):.2f}, "
+        f"max {max(sync_times.values()):.2f} over {len(moved_apps)} apps"
+    )
+    after = {r.name: _held(r) for r in survivors}
+    print(f"shards held after the kill: {after}")
+    assert sorted(s for h in after.values() for s in h) == list(range(SHARDS))
+    # leaseDuration 4 s, retryPeriod 0.5 s: the record stops changing at the kill; the
+    # survivors see it expire and the victim's membership go stale, then take it.
+    assert max(take_times.values()) < LEASE_SECONDS + 2.5
+    assert max(sync_times.values()) < LEASE_SECONDS + 4.0
+    assert min(take_times.values()) > LEASE_SECONDS - 1.0, "taken before the Lease expired"
+
+    time.sleep(3.0)  # a few more resyncs on the new holders
+    # The audit: per app, write spans of different replicas never overlap.
+    spans = {r.name: _write_spans(r) for r in survivors}
+    spans[victim.name] = _write_spans(victim, end=killed)
+    checked = 0
+    for app in names:
+        owned = [(s, e, who) for who, per in spans.items() for s, e in per.get(app, [])]
+        owned.sort()
+        for (_s1, e1, w1), (s2, _e2, w2) in itertools.pairwise(owned):
+            if w1 != w2:
+                checked += 1
+                assert s2 > e1, f"{app}: {w2} started at {s2} while {w1} wrote until {e1}"
+    assert checked >= len(moved_apps), "every moved app changed hands once"
+    # Each sync line names the replica (the API server sees it in the User-Agent too).
+    for r in survivors:
+        done = r.events("sync.started")
+        assert done
+        assert all(e.get("replica", "").startswith(r.name + "_") for e in done)
+    for r in survivors:
+        assert r.proc.poll() is None, r.tail()
+        assert not r.events("leader.lost")
+    leases = json.loads(kubectl("get", "lease", "-n", state_ns, "-o", "json").stdout)["items"]
+    print(f"Leases: {sorted(item['metadata']['name'] for item in leases)}")
+    for r in survivors:
+        assert r.terminate() == 0
