@@ -35,6 +35,7 @@ from types import FrameType
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 from structlog.contextvars import bound_contextvars
@@ -244,13 +245,13 @@ class Controller:
                 on_started=self._start_leading,
                 on_lost=self._lost_leadership,
                 logger=self.log,
+                on_shed=self._shed,
             )
             # Fencing: past renewDeadline of any held shard no write leaves this process,
             # even before the elector (or its watchdog) has ended it.
             kube.set_write_fence(self.shards.write_fence)
         # Renewals go on while SIGTERM waits for running syncs: they still write.
         self._elector_stop = threading.Event()
-        self._leading = threading.Event()
         webhook = webhook_settings(cfg, webhook_secret, app_webhook_secrets or {})
         pages = None
         if ctl.ui:
@@ -333,6 +334,8 @@ class Controller:
         self._stop_drift_watchers()
         self.scheduler.shutdown(wait=False)
         self._elector_stop.set()
+        if self.shards is not None:
+            self.shards.stop()
         released: list[int] = []
         if self.shards is not None:
             self.shards.join(timeout=5)
@@ -345,8 +348,9 @@ class Controller:
             self.log.info("controller.stopped", released_lease=bool(released))
         return 0
 
-    def _busy(self) -> list[str]:
-        return [name for name, r in self.runners.items() if r.running_since is not None]
+    def _busy(self, runners: Mapping[str, _AppRunner] | None = None) -> list[str]:
+        runners = self.runners if runners is None else runners
+        return [name for name, r in runners.items() if r.running_since is not None]
 
     def _start_leading(self, shard: int) -> None:
         """Schedule and watch the apps of ``shard`` (every app with one shard)."""
@@ -355,7 +359,6 @@ class Controller:
         with self._held_lock:
             self._held |= {shard}
             held = self._held
-        self._leading.set()
         shards.publish(held, self.cfg.controller.shards)
         now = datetime.now(UTC)
         jitter = self.cfg.controller.jitter
@@ -379,9 +382,34 @@ class Controller:
         else:
             self.log.info("controller.leading", apps=len(mine))
 
+    def _shed(self, shard: int) -> bool:
+        """Stop the work of ``shard`` so its Lease can be handed to another replica: no
+        new sync, the running ones finish (up to ``shutdownTimeout``), drift watchers stop.
+        False (and the shard is resumed) when a sync is still running by then."""
+        with self._held_lock:
+            self._held -= {shard}
+            held = self._held
+        mine = {n: r for n, r in self.runners.items() if r.shard == shard}
+        for name in mine:
+            with contextlib.suppress(JobLookupError):
+                self.scheduler.remove_job(name)
+        # A job marks itself running before it checks the shard, so once none of these
+        # is marked, none will write for the shard again.
+        deadline = time.monotonic() + self.cfg.controller.shutdown_timeout
+        while self._busy(mine) and time.monotonic() < deadline and not self.stopping.is_set():
+            time.sleep(0.1)
+        if self._busy(mine):
+            self._start_leading(shard)
+            return False
+        self._stop_drift_watchers(mine.values())
+        shards.publish(held, self.cfg.controller.shards)
+        self.log.info("controller.shard_stopped", shard=shard, apps=len(mine), held=sorted(held))
+        return True
+
     def _lost_leadership(self, shard: int) -> None:
         """Another replica may be leading already: stop every write by ending the process."""
-        self._leading.clear()
+        with self._held_lock:
+            self._held = frozenset()
         shards.publish(frozenset(), self.cfg.controller.shards)
         reason = "leader Lease lost; stopping all writes"
         if self.cfg.controller.shards > 1:
@@ -398,7 +426,7 @@ class Controller:
     @property
     def is_leader(self) -> bool:
         """Holds at least one shard (the leader Lease with one)."""
-        return self._leading.is_set()
+        return bool(self.held_shards())
 
     def held_shards(self) -> frozenset[int]:
         with self._held_lock:
@@ -531,6 +559,8 @@ class Controller:
     def _start_drift_watchers(self, runners: Iterable[_AppRunner]) -> None:
         """A watcher that cannot start is logged; syncing goes on without it."""
         for runner in runners:
+            if runner.drift is not None:
+                continue  # still running from before a hand-off that did not happen
             try:
                 # With selfHeal a watcher writes: one more reason it runs on the leader only.
                 # It keeps gitsync_drift_objects{app} itself.
@@ -547,11 +577,12 @@ class Controller:
                 log.get(app=runner.app.name).exception("drift.failed", error=str(e))
                 runner.drift = None
 
-    def _stop_drift_watchers(self) -> None:
+    def _stop_drift_watchers(self, runners: Iterable[_AppRunner] | None = None) -> None:
         """Stop all at once (each may wait for its streams), before the Lease is released."""
+        chosen = list(self.runners.values() if runners is None else runners)
         stoppers = [
-            threading.Thread(target=r.drift.stop, name=f"stop-drift-{n}", daemon=True)
-            for n, r in self.runners.items()
+            threading.Thread(target=r.drift.stop, name=f"stop-drift-{r.app.name}", daemon=True)
+            for r in chosen
             if r.drift is not None
         ]
         for t in stoppers:
@@ -559,7 +590,7 @@ class Controller:
         deadline = time.monotonic() + 15
         for t in stoppers:
             t.join(max(0.0, deadline - time.monotonic()))
-        for r in self.runners.values():
+        for r in chosen:
             r.drift = None
 
     # --- what the HTTP server asks -------------------------------------------------------

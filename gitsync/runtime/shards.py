@@ -35,6 +35,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from gitsync.errors import ConflictError, KubeError
@@ -84,6 +85,16 @@ def should_acquire(
     return settled and held < fair_share(shards, live)
 
 
+def should_shed(
+    *, held: int, shards: int, live: int, settled: bool, steady_for: float, lease_duration: float
+) -> bool:
+    """Hand a shard off: above the fair share, with the set of live members unchanged for
+    one leaseDuration (a member that merely missed a renewal does not make others shed)."""
+    if shards <= 1 or not settled or steady_for < lease_duration:
+        return False
+    return held > fair_share(shards, live)
+
+
 class Membership:
     """This replica's membership Lease, and the live members it sees (itself included)."""
 
@@ -99,6 +110,8 @@ class Membership:
         self._lock = threading.Lock()
         self._seen: dict[str, tuple[tuple[str, str], float, str]] = {}
         self._joined: float | None = None
+        self._live: frozenset[str] = frozenset()
+        self._steady_since = time.monotonic()
         self._mine: KubeObject | None = None
 
     def live(self) -> list[str]:
@@ -117,6 +130,11 @@ class Membership:
         with self._lock:
             joined = self._joined
         return joined is not None and time.monotonic() - joined >= self._spec.lease_duration
+
+    def steady_for(self) -> float:
+        """Seconds since the set of live members last changed, as this replica saw it."""
+        with self._lock:
+            return time.monotonic() - self._steady_since
 
     def run(self, stop: threading.Event) -> None:
         while not stop.is_set():
@@ -206,6 +224,11 @@ class Membership:
                 if name != self.name and now - at > 3 * self._spec.lease_duration:
                     stale.append(name)
             self._seen = seen
+            live = frozenset(
+                n for n, (_, at, _) in seen.items() if now < at + self._spec.lease_duration
+            )
+            if live != self._live:
+                self._live, self._steady_since = live, now
         for name in stale:  # a replica killed without a goodbye
             try:
                 self._kube.request(
@@ -233,7 +256,8 @@ class Membership:
 
 
 class ShardSet:
-    """The shard electors of one replica (one for ``shards: 1``) and its membership."""
+    """The shard electors of one replica (one for ``shards: 1``), its membership, and the
+    hand-off of a shard it holds beyond its share."""
 
     def __init__(
         self,
@@ -244,59 +268,80 @@ class ShardSet:
         on_started: Callable[[int], None],
         on_lost: Callable[[int], None],
         logger: Any,
+        on_shed: Callable[[int], bool] | None = None,
     ) -> None:
-        """``base`` names the configured Lease; ``kube`` is the Lease's own client."""
+        """``base`` names the configured Lease; ``kube`` is the Lease's own client.
+        ``on_shed(i)`` stops the work of shard i and says whether none is left running;
+        without it the replica keeps what it holds."""
         self.count = shards
         self.identity = base.identity
         self.lease_duration = base.lease_duration
-        self._log = logger
-        self._gate = threading.Lock()
+        self._kube, self._base, self._log = kube, base, logger
+        self._on_started, self._on_lost, self._on_shed = on_started, on_lost, on_shed
+        self._gate = threading.Lock()  # one acquisition attempt at a time (see _may_acquire)
+        self._lock = threading.Lock()  # guards the elector list (a shed shard gets a new one)
         self.membership: Membership | None = None
         if shards > 1:
             self.membership = Membership(
                 kube, namespace=base.namespace, base=base.name, spec=base, logger=logger
             )
-        self.electors = tuple(
-            LeaderElector(
-                kube,
-                LeaseSpec(
-                    namespace=base.namespace,
-                    name=name,
-                    identity=base.identity,
-                    lease_duration=base.lease_duration,
-                    renew_deadline=base.renew_deadline,
-                    retry_period=base.retry_period,
-                ),
-                on_started=_bind(on_started, i),
-                on_lost=_bind(on_lost, i),
-                logger=logger.bind(shard=i) if shards > 1 else logger,
-                may_acquire=self._may_acquire if shards > 1 else None,
-                acquire_lock=self._gate if shards > 1 else None,
-            )
-            for i, name in enumerate(lease_names(base.name, shards))
+        self._electors = [self._elector(i) for i in range(shards)]
+        self._stops = [threading.Event() for _ in range(shards)]
+        self._threads: dict[str, threading.Thread] = {}
+        self._last_shed = 0.0
+
+    def _elector(self, shard: int) -> LeaderElector:
+        sharded = self.count > 1
+        return LeaderElector(
+            self._kube,
+            replace(self._base, name=lease_names(self._base.name, self.count)[shard]),
+            on_started=_bind(self._on_started, shard),
+            on_lost=_bind(self._on_lost, shard),
+            logger=self._log.bind(shard=shard) if sharded else self._log,
+            may_acquire=self._may_acquire if sharded else None,
+            acquire_lock=self._gate if sharded else None,
         )
-        self._threads: list[threading.Thread] = []
+
+    @property
+    def electors(self) -> tuple[LeaderElector, ...]:
+        with self._lock:
+            return tuple(self._electors)
 
     def start(self, stop: threading.Event) -> None:
         """The membership loop first (its first renewal is the earliest one may take)."""
-        loops: list[tuple[str, Callable[[threading.Event], None]]] = []
         if self.membership is not None:
-            loops.append(("gitsync-member", self.membership.run))
+            self._spawn("gitsync-member", self.membership.run, stop)
+            if self._on_shed is not None:
+                self._spawn("gitsync-rebalance", self._rebalance, stop)
         for i, elector in enumerate(self.electors):
-            suffix = f"-{i}" if self.count > 1 else ""
-            loops.append((f"gitsync-leader{suffix}", elector.run))
-        for name, loop in loops:
-            thread = threading.Thread(target=loop, args=(stop,), name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
+            self._spawn(self._thread_name(i), elector.run, self._stops[i])
+
+    def stop(self) -> None:
+        """End every elector loop (the caller sets the ``stop`` given to ``start``)."""
+        for event in self._stops:
+            event.set()
+
+    def _thread_name(self, shard: int) -> str:
+        return f"gitsync-leader-{shard}" if self.count > 1 else "gitsync-leader"
+
+    def _spawn(
+        self, name: str, loop: Callable[[threading.Event], None], stop: threading.Event
+    ) -> None:
+        thread = threading.Thread(target=loop, args=(stop,), name=name, daemon=True)
+        thread.start()
+        with self._lock:
+            self._threads[name] = thread
 
     def join(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
-        for thread in self._threads:
+        with self._lock:
+            threads = list(self._threads.values())
+        for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
 
     def alive(self) -> bool:
-        return all(t.is_alive() for t in self._threads)
+        with self._lock:
+            return all(t.is_alive() for t in self._threads.values())
 
     def held(self) -> frozenset[int]:
         return frozenset(i for i, e in enumerate(self.electors) if e.is_leader)
@@ -308,10 +353,11 @@ class ShardSet:
     def write_fence(self) -> str:
         """Why no write may leave now: no shard held, a shard lost, or a held shard past
         its renew deadline ("" to go ahead)."""
+        electors = self.electors
         if self.count == 1:
-            return self.electors[0].write_fence()
+            return electors[0].write_fence()
         held = False
-        for i, elector in enumerate(self.electors):
+        for i, elector in enumerate(electors):
             if elector.lost:
                 return f"shard {i}: Lease lost"
             if elector.is_leader:
@@ -347,16 +393,58 @@ class ShardSet:
         """Called under ``_gate`` by the electors, so ``held`` cannot change meanwhile."""
         if self.membership is None:
             return True
-        held = sum(e.claimed() for e in self.electors)
-        live = len(self.membership.live())
         return should_acquire(
-            held=held,
+            held=sum(e.claimed() for e in self.electors),
             shards=self.count,
-            live=live,
+            live=len(self.membership.live()),
             free_for=free_for,
             lease_duration=self.lease_duration,
             settled=self.membership.settled(),
         )
+
+    # --- hand-off ------------------------------------------------------------------------
+
+    def _rebalance(self, stop: threading.Event) -> None:
+        """Every retryPeriod: above its share, with the members steady, hand one shard off."""
+        assert self.membership is not None  # noqa: S101 - started only with a membership
+        while not stop.wait(self._base.retry_period):
+            held = sorted(self.held())
+            shed = should_shed(
+                held=len(held),
+                shards=self.count,
+                live=len(self.membership.live()),
+                settled=self.membership.settled(),
+                steady_for=min(self.membership.steady_for(), time.monotonic() - self._last_shed),
+                lease_duration=self.lease_duration,
+            )
+            if shed and not stop.is_set():
+                self._hand_off(held[-1], stop)
+
+    def _hand_off(self, shard: int, stop: threading.Event) -> None:
+        """Drain the shard's work (``on_shed``), end its elector, release its Lease, and
+        stand by for it with a fresh elector."""
+        assert self._on_shed is not None  # noqa: S101 - the loop runs only with it
+        self._last_shed = time.monotonic()
+        live = self.live_members()
+        self._log.info("shard.handing_off", shard=shard, members=len(live))
+        if not self._on_shed(shard):
+            self._log.warning("shard.kept", shard=shard, reason="a sync of it is still running")
+            return
+        old = self.electors[shard]
+        self._stops[shard].set()
+        with self._lock:
+            thread = self._threads.get(self._thread_name(shard))
+        if thread is not None:
+            thread.join(self._base.lease_duration)
+        released = old.release()
+        fresh = self._elector(shard)
+        with self._lock:
+            self._electors[shard] = fresh
+            self._stops[shard] = threading.Event()
+            if stop.is_set():
+                self._stops[shard].set()
+        self._log.info("shard.handed_off", shard=shard, released=released)
+        self._spawn(self._thread_name(shard), fresh.run, self._stops[shard])
 
 
 def _bind(callback: Callable[[int], None], shard: int) -> Callable[[], None]:

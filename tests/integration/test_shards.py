@@ -57,7 +57,7 @@ def _write_spans(
     proc: ControllerProcess, *, end: float | None = None
 ) -> dict[str, list[tuple[float, float]]]:
     """Per app, the wall-clock spans from sync.started to sync.finished in one replica's
-    log; a sync still open (a killed replica) lasts until ``end``."""
+    log; a sync still open (running now, or cut by a kill) lasts until ``end``."""
     spans: dict[str, list[tuple[float, float]]] = defaultdict(list)
     open_: dict[str, float] = {}
     for e in proc.lines():
@@ -170,9 +170,34 @@ def test_three_replicas_share_thirty_apps_and_a_killed_ones_shards_move_within_t
     assert max(sync_times.values()) < LEASE_SECONDS + 4.0
     assert min(take_times.values()) > LEASE_SECONDS - 1.0, "taken before the Lease expired"
 
-    time.sleep(3.0)  # a few more resyncs on the new holders
+    # A replacement joins: the two survivors, above the share of 2, hand one shard each
+    # over (drain, release), and the newcomer takes both.
+    joiner = controllers(cfg, name="replica-d")
+    joined = time.monotonic()
+    replicas = [*survivors, joiner]
+    wait_until(
+        lambda: all(len(_held(r)) == SHARDS // 3 for r in replicas),
+        timeout=40,
+        what="shards spread again over the three replicas",
+    )
+    print(f"replacement holds its share after {time.monotonic() - joined:.1f}s")
+    balanced = {r.name: _held(r) for r in replicas}
+    print(f"shards held after the replacement joined: {balanced}")
+    handed = [e for r in survivors for e in r.events("shard.handed_off", released=True)]
+    assert len(handed) == 2, handed
+    wait_until(
+        lambda: all(
+            joiner.events("sync.started", app=n)
+            for n in names
+            if shard_of(n, SHARDS) in balanced[joiner.name]
+        ),
+        timeout=20,
+        what="the replacement syncs its apps",
+    )
+
+    time.sleep(3.0)  # a few more resyncs on every holder
     # The audit: per app, write spans of different replicas never overlap.
-    spans = {r.name: _write_spans(r) for r in survivors}
+    spans = {r.name: _write_spans(r, end=time.time()) for r in replicas}
     spans[victim.name] = _write_spans(victim, end=killed)
     checked = 0
     for app in names:
@@ -182,16 +207,20 @@ def test_three_replicas_share_thirty_apps_and_a_killed_ones_shards_move_within_t
             if w1 != w2:
                 checked += 1
                 assert s2 > e1, f"{app}: {w2} started at {s2} while {w1} wrote until {e1}"
-    assert checked >= len(moved_apps), "every moved app changed hands once"
+    moved_again = [n for n in names if shard_of(n, SHARDS) in balanced[joiner.name]]
+    print(f"hand-overs audited: {checked} (kill: {len(moved_apps)}, join: {len(moved_again)})")
+    assert checked >= len(moved_apps) + len(moved_again), "every moved app changed hands"
     # Each sync line names the replica (the API server sees it in the User-Agent too).
-    for r in survivors:
+    for r in replicas:
         done = r.events("sync.started")
         assert done
         assert all(e.get("replica", "").startswith(r.name + "_") for e in done)
-    for r in survivors:
+    for r in replicas:
         assert r.proc.poll() is None, r.tail()
         assert not r.events("leader.lost")
     leases = json.loads(kubectl("get", "lease", "-n", state_ns, "-o", "json").stdout)["items"]
-    print(f"Leases: {sorted(item['metadata']['name'] for item in leases)}")
-    for r in survivors:
+    names_left = sorted(item["metadata"]["name"] for item in leases)
+    print(f"Leases: {names_left}")
+    assert not [n for n in names_left if "member-replica-a" in n], "stale membership stays"
+    for r in replicas:
         assert r.terminate() == 0

@@ -17,6 +17,7 @@ from gitsync.runtime.shards import (
     member_lease_name,
     shard_of,
     should_acquire,
+    should_shed,
 )
 
 APP = {"name": "shop", "repo": "https://git.example.test/acme/deploy.git"}
@@ -122,3 +123,22 @@ def test_shards_config_defaults_to_one_and_is_validated() -> None:
         parse({"apps": [APP], "controller": {"shards": 0}})
     with pytest.raises(ConfigError, match=r"controller\.shards: sharding needs leader election"):
         parse({"apps": [APP], "controller": {"shards": 2, "leaderElection": {"enabled": False}}})
+
+
+def test_a_replica_above_its_share_hands_one_off_once_members_are_steady() -> None:
+    """A third replica joined: the two holding three of six shards each shed one, but
+    only after the member set has been steady for one leaseDuration."""
+    args = {"shards": 6, "live": 3, "settled": True, "lease_duration": 4.0}
+    assert should_shed(held=3, steady_for=4.0, **args)
+    assert not should_shed(held=3, steady_for=3.9, **args)
+    assert not should_shed(held=2, steady_for=60.0, **args)
+
+
+def test_nothing_is_handed_off_at_the_share_or_with_one_shard() -> None:
+    """Four shards over three replicas: holding two is the share; shards: 1 never sheds."""
+    assert not should_shed(
+        held=2, shards=4, live=3, settled=True, steady_for=60.0, lease_duration=4.0
+    )
+    assert not should_shed(
+        held=1, shards=1, live=3, settled=True, steady_for=60.0, lease_duration=4.0
+    )
