@@ -9,12 +9,13 @@ import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gitsync.runtime.shards import shard_of
-from tests.support.cluster_fixtures import Kubectl, wait_until
+from tests.support.cluster_fixtures import ClusterHandle, Kubectl, wait_until
 from tests.support.controller_process import ControllerProcess, lease_config
 from tests.support.repos import BareRepo
 
@@ -26,13 +27,13 @@ LEASE = "gitsync-leader"
 LEASE_SECONDS = 4.0
 
 
-def _files(names: list[str], ns: str) -> dict[str, str]:
+def _files(names: list[str], ns: str, version: int = 1) -> dict[str, str]:
     """Three ConfigMaps per app, each app in a folder of one repository."""
     files = {}
     for name in names:
         docs = [
             f"apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}-{i}\n"
-            f"  namespace: {ns}\ndata:\n  v: '{i}'\n"
+            f"  namespace: {ns}\ndata:\n  v: '{version}.{i}'\n"
             for i in range(3)
         ]
         files[f"apps/{name}/cm.yaml"] = "---\n".join(docs)
@@ -76,11 +77,81 @@ def _write_spans(
     return spans
 
 
+def _tenures(
+    procs: list[ControllerProcess], *, ends: dict[str, float]
+) -> dict[tuple[str, int], list[tuple[float, float]]]:
+    """(replica, shard) -> wall-clock spans in which the replica held the shard, from its
+    log: from leader.acquired to the drain of a hand-off, its kill (``ends``), or now."""
+    spans: dict[tuple[str, int], list[tuple[float, float]]] = defaultdict(list)
+    for r in procs:
+        since: dict[int, float] = {}
+        for e in r.lines():
+            if e.get("event") == "leader.acquired":
+                since[int(e["shard"])] = _ts(e)
+            elif e.get("event") == "controller.shard_stopped":
+                spans[r.name, int(e["shard"])].append((since.pop(int(e["shard"])), _ts(e)))
+        for shard, began in since.items():
+            spans[r.name, shard].append((began, ends.get(r.name, float("inf"))))
+    return spans
+
+
+_STATE = re.compile(r"^gitsync-(app\d\d)(?:\..*)?$")
+_OBJECT = re.compile(r"^(app\d\d)-\d$")
+
+
+def _audited_writes(audit_log: Path, *, ns: str, state_ns: str) -> list[tuple[str, str, float]]:
+    """(app, replica, second) of every write the API server carried out for an app's
+    objects or state, by a replica named in the User-Agent (``gitsync/<identity>``)."""
+    out = []
+    for line in audit_log.read_text().splitlines():
+        ev = json.loads(line)
+        agent = str(ev.get("userAgent", ""))
+        ref = ev.get("objectRef") or {}
+        code = int((ev.get("responseStatus") or {}).get("code", 0))
+        if not agent.startswith("gitsync/") or ev.get("stage") != "ResponseComplete":
+            continue
+        pattern = {ns: _OBJECT, state_ns: _STATE}.get(str(ref.get("namespace", "")))
+        match = pattern.match(str(ref.get("name", ""))) if pattern else None
+        if match is None or not 200 <= code < 300:
+            continue
+        replica = agent.removeprefix("gitsync/").rsplit("_", 1)[0]
+        for stamp in ("requestReceivedTimestamp", "stageTimestamp"):
+            out.append((match.group(1), replica, datetime.fromisoformat(ev[stamp]).timestamp()))
+    return out
+
+
+def _audit(
+    tenures: dict[tuple[str, int], list[tuple[float, float]]],
+    writes: list[tuple[str, str, float]],
+) -> None:
+    """Tenures of one shard never overlap, and every write the API server saw for an app
+    lies inside its writer's tenure of the app's shard (a killed writer's up to 1 s after
+    the kill, and never once the next holder took the shard)."""
+    windows: dict[tuple[str, int], list[tuple[float, float]]] = defaultdict(list)
+    for shard in range(SHARDS):
+        spans = sorted(
+            (s, e, who) for (who, i), per in tenures.items() if i == shard for s, e in per
+        )
+        for n, (began, ended, who) in enumerate(spans):
+            later = [s for s, _e, w in spans[n + 1 :] if w != who]
+            if later:
+                assert later[0] > ended, f"shard {shard}: taken while {who} still held it"
+            # A request in flight at a kill may still land: 1 s of grace, less than a lease.
+            windows[who, shard].append((began, min(later[0] if later else ended, ended + 1.0)))
+    assert writes, "the audit log has no write by a replica"
+    for app, who, at in writes:
+        shard = shard_of(app, SHARDS)
+        assert any(s <= at < e for s, e in windows.get((who, shard), [])), (
+            f"{app} (shard {shard}) written by {who} at {at}, outside its tenure: {dict(windows)}"
+        )
+
+
 def test_three_replicas_share_thirty_apps_and_a_killed_ones_shards_move_within_the_lease(
     controllers: Callable[..., ControllerProcess],
     make_repo: Callable[..., BareRepo],
     namespace_factory: Callable[[], str],
     kubectl: Kubectl,
+    cluster: ClusterHandle,
 ) -> None:
     """Every replica holds shards; after kill -9 of one, its shards get a new holder and
     its apps sync again within about one lease; no app is ever written by two replicas at
@@ -137,6 +208,7 @@ def test_three_replicas_share_thirty_apps_and_a_killed_ones_shards_move_within_t
     time.sleep(2.0)  # let resyncs run, so the kill lands among writes
     victim.kill()
     killed = time.time()
+    repo.commit(_files(names, ns, version=2))  # the new holders write the moved apps
 
     def taken(shard: int) -> dict[str, Any] | None:
         for r in survivors:
@@ -174,6 +246,7 @@ def test_three_replicas_share_thirty_apps_and_a_killed_ones_shards_move_within_t
     # over (drain, release), and the newcomer takes both.
     joiner = controllers(cfg, name="replica-d")
     joined = time.monotonic()
+    repo.commit(_files(names, ns, version=3))  # writes while the shards are handed over
     replicas = [*survivors, joiner]
     wait_until(
         lambda: all(len(_held(r)) == SHARDS // 3 for r in replicas),
@@ -195,7 +268,15 @@ def test_three_replicas_share_thirty_apps_and_a_killed_ones_shards_move_within_t
         what="the replacement syncs its apps",
     )
 
-    time.sleep(3.0)  # a few more resyncs on every holder
+    head = repo.commit(_files(names, ns, version=4))  # and writes by the replacement
+    wait_until(
+        lambda: all(
+            any(r.events("sync.done", app=n, result="synced", revision=head[:12]) for r in replicas)
+            for n in names
+        ),
+        timeout=30,
+        what="every app synced the last commit",
+    )
     # The audit: per app, write spans of different replicas never overlap.
     spans = {r.name: _write_spans(r, end=time.time()) for r in replicas}
     spans[victim.name] = _write_spans(victim, end=killed)
@@ -208,6 +289,11 @@ def test_three_replicas_share_thirty_apps_and_a_killed_ones_shards_move_within_t
                 checked += 1
                 assert s2 > e1, f"{app}: {w2} started at {s2} while {w1} wrote until {e1}"
     moved_again = [n for n in names if shard_of(n, SHARDS) in balanced[joiner.name]]
+    if cluster.dev is not None and cluster.dev.audit_log is not None:
+        tenures = _tenures([*replicas, victim], ends={victim.name: killed})
+        writes = _audited_writes(cluster.dev.audit_log, ns=ns, state_ns=state_ns)
+        _audit(tenures, writes)
+        print(f"API server audit: {len(writes) // 2} writes, each inside its writer's tenure")
     print(f"hand-overs audited: {checked} (kill: {len(moved_apps)}, join: {len(moved_again)})")
     assert checked >= len(moved_apps) + len(moved_again), "every moved app changed hands"
     # Each sync line names the replica (the API server sees it in the User-Agent too).
@@ -224,3 +310,18 @@ def test_three_replicas_share_thirty_apps_and_a_killed_ones_shards_move_within_t
     assert not [n for n in names_left if "member-replica-a" in n], "stale membership stays"
     for r in replicas:
         assert r.terminate() == 0
+
+
+def test_the_audit_refuses_a_write_outside_its_writers_tenure() -> None:
+    """The audit can fail: a write after the next holder took the shard, or by a replica
+    that never held it, is reported."""
+    app = "app00"
+    shard = shard_of(app, SHARDS)
+    tenures = {("replica-a", shard): [(0.0, 10.0)], ("replica-b", shard): [(14.0, 99.0)]}
+    _audit(tenures, [(app, "replica-a", 5.0), (app, "replica-b", 20.0)])
+    with pytest.raises(AssertionError, match="outside its tenure"):
+        _audit(tenures, [(app, "replica-a", 15.0)])
+    with pytest.raises(AssertionError, match="outside its tenure"):
+        _audit(tenures, [(app, "replica-c", 5.0)])
+    with pytest.raises(AssertionError, match="taken while replica-a still held it"):
+        _audit({**tenures, ("replica-b", shard): [(9.0, 99.0)]}, [(app, "replica-a", 5.0)])
