@@ -19,8 +19,11 @@ tries to take a free or expired shard Lease only
   with fewer shards took it, so no shard is ever left without a holder.
 
 The replica's shard electors share one lock, so it never counts its shards while one of
-its own attempts is in flight. A replica never gives a shard up while running: a late
-joiner gets shards as they come free (a replica's exit or a rolling restart).
+its own attempts is in flight. A replica holding more than its share, with the set of
+live members unchanged for one ``leaseDuration`` (a replica joined), hands one shard off
+at a time: the controller stops the shard's jobs, waits for its running syncs and stops
+its drift watchers (``on_shed``); only then is the Lease released, and a fresh elector
+stands by for it. A sync that does not finish within ``shutdownTimeout`` keeps the shard.
 
 Safety stays the single Lease's: losing any shard ends the process (the controller exits
 1), and ``write_fence`` refuses writes as soon as any held shard is past its renew
