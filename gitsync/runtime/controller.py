@@ -263,7 +263,7 @@ class Controller:
                 runner=self.runner_view,
                 drift=self.drift_reports,
             )
-            pages = ui.Pages(self.overview, leader=lambda: self.is_leader)
+            pages = ui.Pages(self.overview, leader=lambda: self.is_leader, shards=self._shard_view)
         self.server = Server(
             listen=ctl.listen,
             controller=self,
@@ -427,6 +427,12 @@ class Controller:
     def is_leader(self) -> bool:
         """Holds at least one shard (the leader Lease with one)."""
         return bool(self.held_shards())
+
+    def _shard_view(self) -> ui.ShardView | None:
+        count = self.cfg.controller.shards
+        if count == 1:
+            return None
+        return ui.ShardView(count=count, held=tuple(sorted(self.held_shards())))
 
     def held_shards(self) -> frozenset[int]:
         with self._held_lock:

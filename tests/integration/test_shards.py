@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from gitsync.runtime.server import sign
 from gitsync.runtime.shards import shard_of
 from tests.support.cluster_fixtures import ClusterHandle, Kubectl, wait_until
 from tests.support.controller_process import ControllerProcess, lease_config
@@ -25,6 +26,7 @@ APPS = 30
 SHARDS = 6
 LEASE = "gitsync-leader"
 LEASE_SECONDS = 4.0
+HOOK = b"shard-hook-secret"
 
 
 def _files(names: list[str], ns: str, version: int = 1) -> dict[str, str]:
@@ -42,6 +44,18 @@ def _files(names: list[str], ns: str, version: int = 1) -> dict[str, str]:
 
 def _ts(event: dict[str, Any]) -> float:
     return datetime.fromisoformat(str(event["timestamp"])).timestamp()
+
+
+def _hook(proc: ControllerProcess, app: str, sha: str, repo: str) -> int:
+    """A signed push for ``app``: 202 where its shard is held, 503 (standby) elsewhere."""
+    push = {"ref": "refs/heads/main", "after": sha, "repository": {"clone_url": repo}}
+    body = json.dumps(push).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "X-GitHub-Event": "push",
+        "X-Hub-Signature-256": sign(HOOK, body),
+    }
+    return proc.request(f"/hooks/{app}", method="POST", body=body, headers=headers)[0]
 
 
 def _readyz(proc: ControllerProcess) -> dict[str, Any]:
@@ -159,7 +173,7 @@ def test_three_replicas_share_thirty_apps_and_a_killed_ones_shards_move_within_t
     state_ns, ns = namespace_factory(), namespace_factory()
     names = [f"app{i:02d}" for i in range(APPS)]
     repo = make_repo("shards")
-    repo.commit(_files(names, ns))
+    first = repo.commit(_files(names, ns))
     cfg = {
         "stateNamespace": state_ns,
         "apps": [
@@ -172,10 +186,15 @@ def test_three_replicas_share_thirty_apps_and_a_killed_ones_shards_move_within_t
             }
             for n in names
         ],
-        "controller": {"leaderElection": lease_config(), "shards": SHARDS},
+        "controller": {
+            "leaderElection": lease_config(),
+            "shards": SHARDS,
+            "webhook": {"secretEnv": "HOOK_SECRET"},
+        },
     }
+    env = {"HOOK_SECRET": HOOK.decode()}
     began = time.monotonic()
-    replicas = [controllers(cfg, name=f"replica-{c}") for c in "abc"]
+    replicas = [controllers(cfg, name=f"replica-{c}", env=env) for c in "abc"]
 
     def synced(app: str) -> bool:
         return any(r.events("sync.done", app=app) for r in replicas)
@@ -193,10 +212,16 @@ def test_three_replicas_share_thirty_apps_and_a_killed_ones_shards_move_within_t
         assert {int(s) for s in lines} == set(held[r.name])
         assert b"gitsync_leader 1.0" in body
         assert _readyz(r)["shards"]["members"][0].startswith(r.name + "_")
-        # Apps of shards held elsewhere: the webhook path would answer standby, no syncs.
+        _status, page = r.get("/")
+        assert f"holds shard(s) {', '.join(map(str, held[r.name]))} of {SHARDS}".encode() in page
+        # Apps of shards held elsewhere: never synced here, and a webhook answers standby.
         for app in names:
             if shard_of(app, SHARDS) not in held[r.name]:
                 assert not r.events("sync.started", app=app), (r.name, app)
+        theirs = next(n for n in names if shard_of(n, SHARDS) not in held[r.name])
+        ours = next(n for n in names if shard_of(n, SHARDS) in held[r.name])
+        assert _hook(r, theirs, first, repo.file_url) == 503
+        assert _hook(r, ours, first, repo.file_url) == 202
     apps_per_replica = Counter(
         r.name for r in replicas for n in names if shard_of(n, SHARDS) in held[r.name]
     )
@@ -244,7 +269,7 @@ def test_three_replicas_share_thirty_apps_and_a_killed_ones_shards_move_within_t
 
     # A replacement joins: the two survivors, above the share of 2, hand one shard each
     # over (drain, release), and the newcomer takes both.
-    joiner = controllers(cfg, name="replica-d")
+    joiner = controllers(cfg, name="replica-d", env=env)
     joined = time.monotonic()
     repo.commit(_files(names, ns, version=3))  # writes while the shards are handed over
     replicas = [*survivors, joiner]
