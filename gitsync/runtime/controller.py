@@ -238,8 +238,10 @@ class Controller:
                 renew_deadline=election.renew_deadline,
                 retry_period=election.retry_period,
             )
+            # Sharded: a connection for each shard's elector and two for the membership.
+            pool = 2 if ctl.shards == 1 else ctl.shards + 2
             self.shards = shards.ShardSet(
-                lease_kube or kube.dedicated(timeout=spec.renew_deadline),
+                lease_kube or kube.dedicated(timeout=spec.renew_deadline, pool_size=pool),
                 base=spec,
                 shards=ctl.shards,
                 on_started=self._start_leading,
