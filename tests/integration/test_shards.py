@@ -337,6 +337,44 @@ def test_three_replicas_share_thirty_apps_and_a_killed_ones_shards_move_within_t
         assert r.terminate() == 0
 
 
+def test_a_replica_that_loses_one_of_its_shards_exits_at_once(
+    controllers: Callable[..., ControllerProcess],
+    make_repo: Callable[..., BareRepo],
+    namespace_factory: Callable[[], str],
+    kubectl: Kubectl,
+) -> None:
+    """Alone, a replica takes both shards; another holder takes shard 1: it exits 1 within
+    renewDeadline, before that holder may act, though shard 0 is still its own."""
+    state_ns, ns = namespace_factory(), namespace_factory()
+    names = ["app00", "app01", "app02", "app03"]
+    assert {shard_of(n, 2) for n in names} == {0, 1}
+    repo = make_repo("two-shards")
+    repo.commit(_files(names, ns))
+    proc = controllers(
+        {
+            "stateNamespace": state_ns,
+            "apps": [
+                {"name": n, "repo": repo.file_url, "path": f"apps/{n}", "namespace": ns}
+                for n in names
+            ],
+            "controller": {"leaderElection": lease_config(), "shards": 2},
+        }
+    )
+    for n in names:
+        proc.wait_event("sync.done", app=n, timeout=30)
+    assert sorted(_held(proc)) == [0, 1]
+    patch = {"spec": {"holderIdentity": "intruder", "renewTime": None}}
+    kubectl("patch", "lease", f"{LEASE}-1", "-n", state_ns, "--type=merge", "-p", json.dumps(patch))
+    taken = time.monotonic()
+    assert proc.proc.wait(timeout=10) == 1
+    took = time.monotonic() - taken
+    print(f"exit after losing shard 1 of 2: {took:.2f}s")
+    assert took < LEASE_SECONDS, "must stop before the new holder's leaseDuration runs out"
+    assert proc.wait_event("leader.lost")["shard"] == 1
+    exit_line = proc.wait_event("controller.exit")
+    assert exit_line["reason"] == "Lease of shard 1 lost; stopping all writes"
+
+
 def test_the_audit_refuses_a_write_outside_its_writers_tenure() -> None:
     """The audit can fail: a write after the next holder took the shard, or by a replica
     that never held it, is reported."""
