@@ -352,6 +352,13 @@ class GitSyncConfig(_Model):
                 "controller.leaderElection.enabled: true or shards: 1"
             )
             raise ValueError(msg)
+        if ctl.shards > 1 and len(ctl.leader_election.lease_name) > 50:
+            # It is also the value of the membership label (at most 63 characters).
+            msg = (
+                "controller.shards: with more than one shard, "
+                "controller.leaderElection.leaseName may have at most 50 characters"
+            )
+            raise ValueError(msg)
         return self
 
     @model_validator(mode="after")

@@ -10,8 +10,9 @@ apps of shard i only.
 Spread rule. Every replica also renews a membership Lease ``<leaseName>-member-<id>``
 (label ``gitsync.io/member-of: <leaseName>``) each ``retryPeriod`` and lists the others'.
 A member is live while its record keeps changing within ``leaseDuration`` on the
-reader's own clock (as for the shard Leases, so clock skew does not matter). A replica
-tries to take a free or expired shard Lease only
+reader's own clock (as for the shard Leases, so clock skew does not matter); one
+unchanged for ``3 * leaseDuration`` (a replica killed without leaving) is deleted by
+whoever sees it. A replica tries to take a free or expired shard Lease only
 
 - when it holds fewer than ``ceil(N / live members)`` shards, and has been a member for
   one ``leaseDuration`` (so replicas started together see each other first), or

@@ -121,6 +121,13 @@ def test_shards_config_defaults_to_one_and_is_validated() -> None:
     assert parse({"apps": [APP], "controller": {"shards": 4}}).controller.shards == 4
     with pytest.raises(ConfigError, match=r"controller\.shards: Input should be greater"):
         parse({"apps": [APP], "controller": {"shards": 0}})
+    with pytest.raises(ConfigError, match=r"controller\.shards: .* at most 50 characters"):
+        parse(
+            {
+                "apps": [APP],
+                "controller": {"shards": 2, "leaderElection": {"leaseName": "x" * 51}},
+            }
+        )
     with pytest.raises(ConfigError, match=r"controller\.shards: sharding needs leader election"):
         parse({"apps": [APP], "controller": {"shards": 2, "leaderElection": {"enabled": False}}})
 
