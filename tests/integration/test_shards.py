@@ -65,7 +65,10 @@ def _readyz(proc: ControllerProcess) -> dict[str, Any]:
 
 
 def _held(proc: ControllerProcess) -> list[int]:
-    return list(_readyz(proc).get("shards", {}).get("held", []))
+    try:
+        return list(_readyz(proc).get("shards", {}).get("held", []))
+    except OSError:  # not listening yet
+        return []
 
 
 def _write_spans(
@@ -195,6 +198,8 @@ def test_three_replicas_share_thirty_apps_and_a_killed_ones_shards_move_within_t
     env = {"HOOK_SECRET": HOOK.decode()}
     began = time.monotonic()
     replicas = [controllers(cfg, name=f"replica-{c}", env=env) for c in "abc"]
+    for r in replicas:
+        r.wait_http()
 
     def synced(app: str) -> bool:
         return any(r.events("sync.done", app=app) for r in replicas)
@@ -272,6 +277,7 @@ def test_three_replicas_share_thirty_apps_and_a_killed_ones_shards_move_within_t
     joiner = controllers(cfg, name="replica-d", env=env)
     joined = time.monotonic()
     repo.commit(_files(names, ns, version=3))  # writes while the shards are handed over
+    joiner.wait_http()
     replicas = [*survivors, joiner]
     wait_until(
         lambda: all(len(_held(r)) == SHARDS // 3 for r in replicas),
