@@ -24,7 +24,8 @@ its own attempts is in flight. A replica holding more than its share, with the s
 live members unchanged for one ``leaseDuration`` (a replica joined), hands one shard off
 at a time: the controller stops the shard's jobs, waits for its running syncs and stops
 its drift watchers (``on_shed``); only then is the Lease released, and a fresh elector
-stands by for it. A sync that does not finish within ``shutdownTimeout`` keeps the shard.
+stands by for it. A sync that does not finish within ``shutdownTimeout`` keeps the shard
+(its jobs resume), and the next attempt, one ``leaseDuration`` later, tries another.
 
 Safety stays the single Lease's: losing any shard ends the process (the controller exits
 1), and ``write_fence`` refuses writes as soon as any held shard is past its renew
@@ -293,6 +294,7 @@ class ShardSet:
         self._stops = [threading.Event() for _ in range(shards)]
         self._threads: dict[str, threading.Thread] = {}
         self._last_shed = 0.0
+        self._kept: set[int] = set()  # shards a hand-off could not drain; others go first
 
     def _elector(self, shard: int) -> LeaderElector:
         sharded = self.count > 1
@@ -422,7 +424,11 @@ class ShardSet:
                 lease_duration=self.lease_duration,
             )
             if shed and not stop.is_set():
-                self._hand_off(held[-1], stop)
+                untried = sorted(set(held) - self._kept)
+                if not untried:  # every one was busy: start over
+                    self._kept.clear()
+                    untried = held
+                self._hand_off(untried[-1], stop)
 
     def _hand_off(self, shard: int, stop: threading.Event) -> None:
         """Drain the shard's work (``on_shed``), end its elector, release its Lease, and
@@ -433,7 +439,9 @@ class ShardSet:
         self._log.info("shard.handing_off", shard=shard, members=len(live))
         if not self._on_shed(shard):
             self._log.warning("shard.kept", shard=shard, reason="a sync of it is still running")
+            self._kept.add(shard)
             return
+        self._kept.discard(shard)
         old = self.electors[shard]
         self._stops[shard].set()
         with self._lock:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import itertools
 import json
 import re
+import socket
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -394,3 +395,52 @@ def test_the_audit_refuses_a_write_outside_its_writers_tenure() -> None:
         _audit(tenures, [(app, "replica-c", 5.0)])
     with pytest.raises(AssertionError, match="taken while replica-a still held it"):
         _audit({**tenures, ("replica-b", shard): [(9.0, 99.0)]}, [(app, "replica-a", 5.0)])
+
+
+@pytest.fixture
+def blackhole() -> Iterator[str]:
+    """An http URL whose server accepts connections and never answers: a hung Git host."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/hung.git"
+    finally:
+        sock.close()
+
+
+def test_a_shard_whose_sync_is_still_running_is_not_handed_off(
+    controllers: Callable[..., ControllerProcess],
+    make_repo: Callable[..., BareRepo],
+    namespace_factory: Callable[[], str],
+    blackhole: str,
+) -> None:
+    """A second replica joins a replica holding both shards: the shard with a hung sync is
+    kept (no hand-off while a writer may live), the other one is handed over."""
+    state_ns, ns = namespace_factory(), namespace_factory()
+    assert (shard_of("calm", 2), shard_of("stuck", 2)) == (0, 1)
+    repo = make_repo("calm")
+    repo.commit(_files(["calm"], ns))
+    cfg = {
+        "stateNamespace": state_ns,
+        "apps": [
+            {"name": "calm", "repo": repo.file_url, "path": "apps/calm", "namespace": ns},
+            {"name": "stuck", "repo": blackhole, "namespace": ns, "allowInsecure": True},
+        ],
+        "controller": {"leaderElection": lease_config(), "shards": 2, "shutdownTimeout": "2s"},
+    }
+    first = controllers(cfg, name="first")
+    first.wait_event("sync.done", app="calm", timeout=30)
+    first.wait_event("sync.started", app="stuck")
+    second = controllers(cfg, name="second")
+    second.wait_http()
+    kept = first.wait_event("shard.kept", timeout=30)
+    assert kept["shard"] == 1
+    handed = first.wait_event("shard.handed_off", timeout=30)
+    assert handed["shard"] == 0
+    second.wait_event("sync.done", app="calm", timeout=30)
+    assert _held(first) == [1]
+    assert _held(second) == [0]
+    assert not second.events("sync.started", app="stuck")
+    first.kill()
+    second.kill()
