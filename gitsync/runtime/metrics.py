@@ -50,7 +50,12 @@ REVISION_INFO = Gauge(
 )
 IS_LEADER = Gauge(
     "gitsync_leader",
-    "1 while this process holds the leader Lease and may write to the cluster.",
+    "1 while this process holds the leader Lease (with shards: at least one shard Lease).",
+)
+SHARD_HELD = Gauge(
+    "gitsync_shard_held",
+    "1 for each shard whose Lease this process holds (it syncs that shard's apps), else 0.",
+    ["shard"],
 )
 GIT_CACHE_BYTES = Gauge(
     "gitsync_git_cache_bytes",
