@@ -610,7 +610,8 @@ class Controller:
             t.join(max(0.0, deadline - time.monotonic()))
         for r in chosen:
             r.drift = None
-        self.informers.stop()
+        if runners is None:  # all of them: the shared watches go too
+            self.informers.stop()
 
     # --- what the HTTP server asks -------------------------------------------------------
 
