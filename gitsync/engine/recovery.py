@@ -97,6 +97,7 @@ class Recovery:
                 state=within,
                 timeout=timeout,
                 cancel=self.ctx.cancel,
+                informers=self.ctx.informers,
                 owners=self.owners,
                 ignore=self.app.ignore,
             )

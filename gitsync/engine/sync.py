@@ -266,6 +266,7 @@ class _Run:
             progress=self.progress,
             manager=field_manager(self.app.name),
             cancel=self.ctx.cancel,
+            informers=self.ctx.informers,
         )
         by_id = {c.ref.identity(): c for c in prep.plan.changes}
         for ref in applied.written:  # in the order they were applied
@@ -380,6 +381,7 @@ class _Run:
             on_progress=report,
             cancel=self.ctx.cancel,
             unchanged=unchanged,
+            informers=self.ctx.informers,
         )
         for o in verdict.preexisting:
             self.rec.log.warning(

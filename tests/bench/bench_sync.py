@@ -93,14 +93,18 @@ def _write(files: dict[str, str], root: Path) -> None:
 
 
 @contextlib.contextmanager
-def cluster(kubeconfig: str | None) -> Iterator[tuple[Path, Path]]:
+def cluster(kubeconfig: str | None, *, node_pods: str = "110") -> Iterator[tuple[Path, Path]]:
     """(kubeconfig, kubectl) of a given cluster, or of one started for this run."""
     bin_dir = resolve_bin_dir()
     if kubeconfig:
         yield Path(kubeconfig), bin_dir / "kubectl"
         return
     with tempfile.TemporaryDirectory(prefix="gitsync-bench-") as tmp:
-        dev = DevCluster(ClusterConfig(work_dir=Path(tmp), bin_dir=bin_dir, die_with_parent=True))
+        dev = DevCluster(
+            ClusterConfig(
+                work_dir=Path(tmp), bin_dir=bin_dir, die_with_parent=True, node_pods=node_pods
+            )
+        )
         with dev:
             yield dev.kubeconfig, bin_dir / "kubectl"
 
