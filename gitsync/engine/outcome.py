@@ -67,6 +67,12 @@ class Context:
         return self.cancel is not None and self.cancel.is_set()
 
 
+def object_informers(app: AppConfig, ctx: Context) -> Informers | None:
+    """The shared informers, for reading the app's objects: None for an app with its own
+    ServiceAccount, whose reads go through its identity (the informers read as gitsync)."""
+    return None if app.service_account is not None else ctx.informers
+
+
 class Record:
     """The app's state as this sync knows it: ``state`` is the working copy, ``stored``
     what the cluster holds (as last read or written); ``log`` is bound to the app."""

@@ -28,7 +28,7 @@ from gitsync.config import AppConfig
 from gitsync.engine import inventory, limits
 from gitsync.engine.apply import AppliedSet, Progress, apply_plan
 from gitsync.engine.inventory import AppState, InventoryEntry
-from gitsync.engine.outcome import Context, Record, SyncResult
+from gitsync.engine.outcome import Context, Record, SyncResult, object_informers
 from gitsync.engine.ownership import Owners
 from gitsync.engine.plan import Action, Change, Origin, Plan, make_plan
 from gitsync.engine.prune import PruneResult, prune
@@ -266,7 +266,7 @@ class _Run:
             progress=self.progress,
             manager=field_manager(self.app.name),
             cancel=self.ctx.cancel,
-            informers=self.ctx.informers,
+            informers=object_informers(self.app, self.ctx),
         )
         by_id = {c.ref.identity(): c for c in prep.plan.changes}
         for ref in applied.written:  # in the order they were applied
@@ -381,7 +381,7 @@ class _Run:
             on_progress=report,
             cancel=self.ctx.cancel,
             unchanged=unchanged,
-            informers=self.ctx.informers,
+            informers=object_informers(self.app, self.ctx),
         )
         for o in verdict.preexisting:
             self.rec.log.warning(
