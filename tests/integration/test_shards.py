@@ -5,10 +5,9 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import socket
 import time
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -395,18 +394,6 @@ def test_the_audit_refuses_a_write_outside_its_writers_tenure() -> None:
         _audit(tenures, [(app, "replica-c", 5.0)])
     with pytest.raises(AssertionError, match="taken while replica-a still held it"):
         _audit({**tenures, ("replica-b", shard): [(9.0, 99.0)]}, [(app, "replica-a", 5.0)])
-
-
-@pytest.fixture
-def blackhole() -> Iterator[str]:
-    """An http URL whose server accepts connections and never answers: a hung Git host."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/hung.git"
-    finally:
-        sock.close()
 
 
 def test_a_shard_whose_sync_is_still_running_is_not_handed_off(
