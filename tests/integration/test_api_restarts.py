@@ -43,9 +43,9 @@ def big_app_files() -> dict[str, str]:
 
 def sync_while(
     app: App, disrupt: Callable[[], None], *, after_applies: int
-) -> tuple[SyncResult, int]:
+) -> tuple[SyncResult, bool]:
     """Sync in a thread; once ``after_applies`` applies went out, run ``disrupt``; the
-    result, and how many apply attempts had gone out when the disruption was over."""
+    result, and whether the sync was still running when the disruption was over."""
     out: list[SyncResult] = []
     worker = threading.Thread(target=lambda: out.append(app.sync()), daemon=True)
     worker.start()
@@ -57,10 +57,11 @@ def sync_while(
     began = time.monotonic()
     disrupt()
     applied = app.ctx.kube.calls["apply"]
-    print(f"disruption took {time.monotonic() - began:.1f}s; {applied} applies sent by then")
+    running = worker.is_alive()
+    print(f"disruption took {time.monotonic() - began:.1f}s; {applied} apply attempts by then")
     worker.join(timeout=120)
     assert out, "the sync did not finish"
-    return out[0], applied
+    return out[0], running
 
 
 def assert_synced_without_rollback(app: App, result: SyncResult, what: str) -> None:
@@ -104,6 +105,7 @@ def test_etcd_restart_during_a_1000_object_apply_is_not_the_commits_fault(
     requests until etcd is back; whatever it fails is retried)."""
     assert dev.dev is not None
     app.commit(big_app_files())
-    result, applied = sync_while(app, dev.dev.restart_etcd, after_applies=50)
-    assert applied < CONFIGMAPS + DEPLOYMENTS, "the apply was over before etcd was back"
+    result, running = sync_while(app, dev.dev.restart_etcd, after_applies=50)
+    # Attempts count retries too: what matters is that the sync was still going.
+    assert running, "the sync was over before etcd was back"
     assert_synced_without_rollback(app, result, "etcd restart")
