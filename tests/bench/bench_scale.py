@@ -1,7 +1,8 @@
 """Scale benchmark: one ``gitsync run`` process with many apps, or with one very big app.
 
     python -m tests.bench.bench_scale [--scenario a|b|all] [--apps 100] [--objects 100]
-                                      [--drift-edits 50] [--kubeconfig PATH]
+                                      [--drift-edits 50] [--timeout 1800] [--log-dir DIR]
+                                      [--kubeconfig PATH]
 
 - **A**: ``--apps`` apps of ``--objects`` objects each (bench_sync's mix), every app with
   its own Git repository and its own namespace.
@@ -34,6 +35,7 @@ import math
 import os
 import random
 import secrets
+import shutil
 import signal
 import statistics
 import subprocess
@@ -365,7 +367,11 @@ def first_syncs(proc: Controller, names: list[str], result: Result, timeout: flo
     own = [float(e["seconds"]) for e in done]
     result.slowest_sync_s = max(own)
     result.median_sync_s = statistics.median(own)
-    result.sync_failures = len(proc.find("sync.failed")) + len(proc.find("sync.crashed"))
+    failures = proc.find("sync.failed") + proc.find("sync.crashed")
+    result.sync_failures = len(failures)
+    why = Counter(f"{e.get('stage', 'crash')}: {str(e.get('error', ''))[:160]}" for e in failures)
+    for text, n in why.most_common(5):
+        log(f"first syncs: {n} x sync failed ({text}); each was retried")
     gates = [float(e["seconds"]) for e in proc.find("health.passed")]
     result.gate_s = max(gates, default=0.0)
 
@@ -597,6 +603,11 @@ def run_plan(plan: Plan, args: argparse.Namespace, run: str) -> Result:
                 drift_edits(proc, kubectl, managed, args.drift_edits, result)
                 result.rss_mib = proc.peak_rss_mib()
         finally:
+            if args.log_dir:
+                Path(args.log_dir).mkdir(parents=True, exist_ok=True)
+                kept = Path(args.log_dir) / f"gitsync-{plan.title[0].lower()}-{run}.log"
+                shutil.copyfile(work / "gitsync.log", kept)
+                log(f"controller log kept in {kept}")
             if args.kubeconfig:
                 namespaces = [ns for a in plan.apps.values() for ns in a.namespaces]
                 if plan.kubectl_files is not None:
@@ -620,6 +631,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objects", type=int, default=100, help="objects per app in A")
     parser.add_argument("--drift-edits", type=int, default=50)
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per wait")
+    parser.add_argument("--log-dir", help="keep each scenario's controller log here")
     parser.add_argument("--kubeconfig", default=os.environ.get("GITSYNC_TEST_KUBECONFIG"))
     args = parser.parse_args(argv)
     glog.configure(json=True, level="info")
