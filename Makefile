@@ -63,12 +63,14 @@ demo-down: venv
 	$(BIN)/python -m gitsync.devcluster down
 
 # bench_peers also builds kapply and the Flux harness (hack/build-peers.sh, cached like the cluster).
+# bench_scale (100 apps x 100 objects, 1 app x 10,000) exits 1 if scenario A's peak RSS is 300 MiB or more.
 bench: venv testcluster
 	@hack/build-peers.sh >/dev/null
 	PATH="$(TESTCLUSTER_PATH)" $(BIN)/python -m tests.bench.bench_sync
 	PATH="$(TESTCLUSTER_PATH)" $(BIN)/python -m tests.bench.bench_drift
 	PATH="$(TESTCLUSTER_PATH)" $(BIN)/python -m tests.bench.bench_state
 	PATH="$(TESTCLUSTER_PATH)" $(BIN)/python -m tests.bench.bench_peers
+	PATH="$(TESTCLUSTER_PATH)" $(BIN)/python -m tests.bench.bench_scale
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

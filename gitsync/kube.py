@@ -54,6 +54,7 @@ from gitsync.errors import (
     NotFoundError,
 )
 from gitsync.model import FIELD_MANAGER, KubeObject, ObjectRef
+from gitsync.runtime import metrics
 
 _AGGREGATED = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList"
 _APPLY = "application/apply-patch+yaml"
@@ -478,6 +479,8 @@ class Kube:
     def _count(self, verb: str) -> None:
         with self._lock:
             self.calls[verb] += 1
+        # Process-wide, unlike ``calls`` (which callers may clear): what /metrics shows.
+        metrics.API_REQUESTS.labels(verb=verb).inc()
 
     def request(
         self,
@@ -916,6 +919,7 @@ class Kube:
             msg = f"watch {res.kind}: cannot reach the API server: {e}"
             raise KubeError(msg, transient=classify_exception(e) is not Transience.PERMANENT) from e
         drained = False
+        metrics.WATCHES_OPEN.inc()
         try:
             if cancel is not None and not cancel._attach(resp):
                 return
@@ -932,6 +936,7 @@ class Kube:
             msg = f"watch {res.kind} broke: {e}"
             raise KubeError(msg, transient=True) from e
         finally:
+            metrics.WATCHES_OPEN.dec()
             if cancel is not None:
                 cancel._attach(None)
             if not drained:

@@ -66,6 +66,16 @@ LEASE_RENEW_SECONDS = Histogram(
     "Seconds one successful renewal of the leader Lease took (its deadline is renewDeadline).",
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
 )
+API_REQUESTS = Counter(
+    "gitsync_api_requests_total",
+    "Requests to the API server, by verb (get, list, apply, dry-run, watch, state, retry, ...);"
+    " every Kube client of the process counts here, as in Kube.calls.",
+    ["verb"],
+)
+WATCHES_OPEN = Gauge(
+    "gitsync_api_watches_open",
+    "Watch streams to the API server open right now.",
+)
 WEBHOOKS = Counter(
     "gitsync_webhook_requests_total",
     "Requests to /hooks/<app>, by HTTP status answered.",
