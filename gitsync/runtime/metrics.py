@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from gitsync.informers.hub import Informers
+if TYPE_CHECKING:  # the hub imports kube, which counts into this module
+    from gitsync.informers.hub import Informers
 
 RECONCILE_DURATION = Histogram(
     "gitsync_reconcile_duration_seconds",
