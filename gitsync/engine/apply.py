@@ -52,10 +52,17 @@ class AppliedSet:
     written: tuple[ObjectRef, ...]
     failures: tuple[Failure, ...]
     objects: tuple[KubeObject, ...]
+    # Unchanged objects the plan left in the informer cache: decoded only if asked.
+    cached: tuple[Callable[[], KubeObject | None], ...] = ()
 
     @property
     def ok(self) -> bool:
         return not self.failures
+
+    def live_objects(self) -> list[KubeObject]:
+        """``objects`` and the cached unchanged ones (as the cache holds them now)."""
+        later = (load() for load in self.cached)
+        return [*self.objects, *(o for o in later if o is not None)]
 
 
 Progress = Callable[[int, int], None]
@@ -86,6 +93,7 @@ def apply_plan(
     entries: list[InventoryEntry] = []
     written: list[ObjectRef] = []
     objects: list[KubeObject] = []
+    cached: list[Callable[[], KubeObject | None]] = []
     failures: list[Failure] = []
     wave: list[KubeObject] = []  # written in the current wave, to gate before the next
     for i, stage in enumerate(stages):
@@ -99,10 +107,7 @@ def apply_plan(
         todo = [(c, m) for c, m in pairs if c.action is not Action.UNCHANGED]
         for c, m in pairs:
             if c.action is Action.UNCHANGED:
-                live = c.live or {}
-                entries.append(_entry(m, live, manager))
-                if c.live is not None:  # None: a finished Job its TTL removed
-                    objects.append(live)
+                _unchanged(c, m, manager, entries=entries, objects=objects, cached=cached)
         if not todo:
             continue
         with ThreadPoolExecutor(max_workers=min(workers, len(todo))) as pool:
@@ -130,6 +135,7 @@ def apply_plan(
         written=tuple(written),
         failures=tuple(failures),
         objects=tuple(objects),
+        cached=tuple(cached),
     )
 
 
@@ -151,6 +157,28 @@ def _gate_wave(
         f"{verdict.reason}",
         commit_fault=True,
     )
+
+
+def _unchanged(
+    c: Change,
+    m: Manifest,
+    manager: str,
+    *,
+    entries: list[InventoryEntry],
+    objects: list[KubeObject],
+    cached: list[Callable[[], KubeObject | None]],
+) -> None:
+    """Record an object the plan found unchanged, as it is live."""
+    if c.cached is not None:
+        # Unchanged by the informer cache: its fingerprint is known, nothing is decoded.
+        hashed = content_hash(m.obj)
+        entries.append(InventoryEntry(ref=m.ref, manifest_hash=hashed, fingerprint=c.fingerprint))
+        cached.append(c.cached)
+        return
+    live = c.live or {}
+    entries.append(_entry(m, live, manager))
+    if c.live is not None:  # None: a finished Job its TTL removed
+        objects.append(live)
 
 
 def _entry(manifest: Manifest, live: KubeObject, manager: str) -> InventoryEntry:

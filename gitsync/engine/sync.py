@@ -117,7 +117,9 @@ def prepare(app: AppConfig, ctx: Context) -> Prepared:
     """Fetch, render, check the limits and plan: reads only."""
     revision, manifests = prepare_render(app, ctx)
     limits.enforce(manifests, app.limits, app=app.name)
-    state = inventory.read_state(ctx.kube, app=app.name, namespace=ctx.state_namespace)
+    state = inventory.read_state(
+        ctx.kube, app=app.name, namespace=ctx.state_namespace, informers=ctx.informers
+    )
     plan = make_plan(
         manifests,
         kube=app_kube(app, ctx, namespaces=app_namespaces(app, manifests, state)),
@@ -125,13 +127,18 @@ def prepare(app: AppConfig, ctx: Context) -> Prepared:
         state=state,
         owners=owners(app, ctx),
         ignore=app.ignore,
+        informers=ctx.informers,
     )
     return Prepared(revision=revision, manifests=manifests, state=state, plan=plan)
 
 
 def owners(app: AppConfig, ctx: Context) -> Owners:
     return Owners(
-        kube=ctx.kube, app=app.name, state_namespace=ctx.state_namespace, adopt_from=app.adopt_from
+        kube=ctx.kube,
+        app=app.name,
+        state_namespace=ctx.state_namespace,
+        adopt_from=app.adopt_from,
+        informers=ctx.informers,
     )
 
 
@@ -173,7 +180,10 @@ class _Run:
         self.rec.log = self.rec.log.bind(revision=revision.sha[:12])
         try:
             self.rec.state = self.rec.stored = inventory.read_state(
-                self.ctx.kube, app=app.name, namespace=self.ctx.state_namespace
+                self.ctx.kube,
+                app=app.name,
+                namespace=self.ctx.state_namespace,
+                informers=self.ctx.informers,
             )
         except GitSyncError as e:
             self.rec.log.error("sync.failed", stage="state", error=str(e))
@@ -195,6 +205,7 @@ class _Run:
                 state=state,
                 owners=self.owners,
                 ignore=app.ignore,
+                informers=self.ctx.informers,
             )
             if not plan.in_sync:
                 # An app too large to record must fail before it changes anything.
@@ -323,7 +334,7 @@ class _Run:
         )
 
     def gate(self, applied: AppliedSet) -> Verdict:
-        objects = list(applied.objects)
+        objects = applied.live_objects()
         timeout = self.app.health.timeout or default_timeout(objects)
 
         def report(current: int, waiting: int, failed: int) -> None:
