@@ -17,14 +17,16 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gitsync.engine import statestore
 from gitsync.engine.statestore import STATE_KEY
 from gitsync.errors import ConflictError, StateError
-from gitsync.informers.hub import Informers
 from gitsync.kube import Kube
 from gitsync.model import KubeObject, ObjectRef
+
+if TYPE_CHECKING:  # the hub imports statestore, which this module imports
+    from gitsync.informers.hub import Informers
 
 HISTORY_LIMIT = 20
 

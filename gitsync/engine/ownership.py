@@ -15,7 +15,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from gitsync.engine import inventory
-from gitsync.engine.statestore import STATE_LABEL, head_target
+from gitsync.engine.statestore import STATE_LABEL
 from gitsync.errors import GitSyncError
 from gitsync.informers.hub import Informers
 from gitsync.kube import Kube
@@ -63,8 +63,8 @@ class Owners:
     def _apps(self) -> set[str]:
         """Every app with a state in the state namespace."""
         if self.informers is not None:
-            heads = self.informers.informer(head_target(self.state_namespace))
-            if heads.synced:
+            heads = self.informers.state_heads(self.state_namespace)
+            if heads.synced and not heads.forbidden:  # forbidden: synced, but empty
                 return {
                     str(heads.store.memo(ident, "state-of", _state_of) or "")
                     for ident in heads.store.idents()

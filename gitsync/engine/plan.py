@@ -462,9 +462,9 @@ def _synced_stores(
     informers: Informers, resources: Iterable[Resource]
 ) -> dict[tuple[str, str], tuple[Resource, Store]] | None:
     """The managed-objects cache of every kind, or None while one is not synced yet (its
-    informer is started now, so the next round finds it warm)."""
+    informer is started now, so the next round finds it warm) or may not be read."""
     found = {(r.group, r.kind): (r, informers.managed(r.group, r.kind)) for r in resources}
-    if not all(i.synced for _r, i in found.values()):
+    if not all(i.synced and not i.forbidden for _r, i in found.values()):
         return None
     return {k: (r, i.store) for k, (r, i) in found.items()}
 

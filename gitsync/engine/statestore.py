@@ -39,14 +39,15 @@ import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from gitsync import log
 from gitsync.errors import ConflictError, KubeError, StateError
-from gitsync.informers.hub import Informers
-from gitsync.informers.informer import Target
 from gitsync.kube import Kube
 from gitsync.model import MANAGED_BY_LABEL, MANAGED_BY_VALUE, KubeObject, ObjectRef
+
+if TYPE_CHECKING:  # the hub imports this module's labels
+    from gitsync.informers.hub import Informers
 
 STATE_KEY: Final = "state.json.gz"  # inline blob, base64 text (format of every release)
 INDEX_KEY: Final = "state.index.json"  # pointer to the chunks of a large state
@@ -131,16 +132,6 @@ def check_size(app: str, size: int, *, limit: int = MAX_STATE_BYTES) -> None:
 # --- reading --------------------------------------------------------------------------
 
 
-def head_target(namespace: str) -> Target:
-    """The informer of every app's head in a state namespace, indexed by app."""
-    return Target("", "Secret", namespace=namespace, selector=STATE_LABEL, index_label=STATE_LABEL)
-
-
-def chunk_target(namespace: str) -> Target:
-    """The informer of every app's chunks in a state namespace, indexed by app."""
-    return Target("", "Secret", namespace=namespace, selector=CHUNK_LABEL, index_label=CHUNK_LABEL)
-
-
 def load(kube: Kube, *, app: str, namespace: str, informers: Informers | None = None) -> Stored:
     """The head and its blob, whole and verified; re-reads the head if it moved meanwhile.
 
@@ -187,9 +178,8 @@ def _load_cached(kube: Kube, informers: Informers, *, app: str, namespace: str) 
         known = _known.get(kube, {}).get((namespace, app))
     if known is None or not known.resource_version:
         return None
-    heads = informers.informer(head_target(namespace))
-    chunks = informers.informer(chunk_target(namespace))
-    if not (heads.synced and chunks.synced):
+    heads, chunks = informers.state_heads(namespace), informers.state_chunks(namespace)
+    if not (heads.synced and chunks.synced) or heads.forbidden or chunks.forbidden:
         return None
     head = heads.store.get(_secret(namespace, head_name(app)).identity())
     if head is None or str(head["metadata"].get("resourceVersion", "")) != known.resource_version:
@@ -477,10 +467,8 @@ __all__ = [
     "STATE_KEY",
     "Stored",
     "check_size",
-    "chunk_target",
     "delete",
     "head_name",
-    "head_target",
     "load",
     "split",
     "store",

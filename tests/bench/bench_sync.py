@@ -29,7 +29,6 @@ import structlog
 
 from gitsync import config, log
 from gitsync.devcluster import ClusterConfig, DevCluster, resolve_bin_dir
-from gitsync.engine import statestore
 from gitsync.engine.sync import Context, SyncResult, sync_app
 from gitsync.informers.hub import Informers
 from gitsync.kube import Kube
@@ -98,14 +97,22 @@ def _write(files: dict[str, str], root: Path) -> None:
 
 
 @contextlib.contextmanager
-def cluster(kubeconfig: str | None) -> Iterator[tuple[Path, Path]]:
-    """(kubeconfig, kubectl) of a given cluster, or of one started for this run."""
+def cluster(kubeconfig: str | None, node_pods: int = 110) -> Iterator[tuple[Path, Path]]:
+    """(kubeconfig, kubectl) of a given cluster, or of one started for this run with
+    ``node_pods`` Pods per KWOK node (every Deployment's Pod must schedule)."""
     bin_dir = resolve_bin_dir()
     if kubeconfig:
         yield Path(kubeconfig), bin_dir / "kubectl"
         return
     with tempfile.TemporaryDirectory(prefix="gitsync-bench-") as tmp:
-        dev = DevCluster(ClusterConfig(work_dir=Path(tmp), bin_dir=bin_dir, die_with_parent=True))
+        dev = DevCluster(
+            ClusterConfig(
+                work_dir=Path(tmp),
+                bin_dir=bin_dir,
+                die_with_parent=True,
+                node_pods=str(node_pods),
+            )
+        )
         with dev:
             yield dev.kubeconfig, bin_dir / "kubectl"
 
@@ -152,8 +159,8 @@ def warm(hub: Informers, app: str, state_namespace: str, total: int, timeout: fl
     )
     while time.perf_counter() - start < timeout:
         informers = [hub.managed(*k) for k in KINDS]
-        heads = hub.informer(statestore.head_target(state_namespace))
-        chunks = hub.informer(statestore.chunk_target(state_namespace))
+        heads = hub.state_heads(state_namespace)
+        chunks = hub.state_chunks(state_namespace)
         head = hub.kube.get(head_ref)
         count = sum(len(i.store.idents(label=app)) for i in informers)
         cached_rv = heads.store.memo(
@@ -183,7 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     log.configure(json=True, level="info")
     run = uuid.uuid4().hex[:5]
-    with cluster(args.kubeconfig) as (kubeconfig, kubectl), tempfile.TemporaryDirectory() as tmp:
+    # Both copies' Deployments (a tenth of the objects each), one Pod each, on 3 nodes.
+    pods = max(110, args.objects // 10)
+    with (
+        cluster(args.kubeconfig, pods) as (kubeconfig, kubectl),
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         work = Path(tmp)
         k_files = generate(args.objects, f"bk{run}")
         g_files = generate(args.objects, f"bg{run}")

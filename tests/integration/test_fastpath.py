@@ -72,8 +72,8 @@ def warm(hub: Informers, apps: list[App], kinds: list[tuple[str, str]]) -> None:
                 if not informer.synced or want != have:
                     return False
             namespace = a.ctx.state_namespace
-            heads = hub.informer(statestore.head_target(namespace))
-            chunks = hub.informer(statestore.chunk_target(namespace))
+            heads = hub.state_heads(namespace)
+            chunks = hub.state_chunks(namespace)
             head = api.get(ref("Secret", statestore.head_name(a.name), namespace))
             if head is None or not (heads.synced and chunks.synced):
                 return False
@@ -132,8 +132,8 @@ def test_a_frozen_cache_still_refuses_another_apps_object_changes_and_prunes(
     warm(hub, [app], [NAMESPACES, CONFIGMAPS])
     namespace = app.ctx.state_namespace
     frozen = [hub.managed(*NAMESPACES), hub.managed(*CONFIGMAPS)]
-    frozen += [hub.informer(statestore.head_target(namespace))]
-    frozen += [hub.informer(statestore.chunk_target(namespace))]
+    frozen += [hub.state_heads(namespace)]
+    frozen += [hub.state_chunks(namespace)]
     for informer in frozen:  # their caches stay synced, and fall behind from now on
         informer.stop()
         informer.join(10)
