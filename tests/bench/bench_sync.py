@@ -1,6 +1,7 @@
 """Sync benchmark: gitsync vs `kubectl apply --server-side` on the same cluster, same run.
 
     python -m tests.bench.bench_sync [--objects 1000] [--kubeconfig PATH] [--informers]
+        [--replicas 1]
 
 Prints wall times, the gitsync/kubectl ratio, API calls by verb and peak RSS for: a first
 sync of N mixed objects across 10 namespaces, a no-op resync, and a one-object change.
