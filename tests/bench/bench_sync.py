@@ -48,7 +48,7 @@ MIX = (
 )
 
 
-def _doc(kind: str, name: str, ns: str, i: int) -> str:
+def _doc(kind: str, name: str, ns: str, i: int, replicas: int = 1) -> str:
     head = f"metadata:\n  name: {name}\n  namespace: {ns}\n"
     if kind == "ConfigMap":
         return f"apiVersion: v1\nkind: ConfigMap\n{head}data:\n  index: '{i}'\n  mode: blue\n"
@@ -67,14 +67,14 @@ def _doc(kind: str, name: str, ns: str, i: int) -> str:
             "  ports:\n  - port: 80\n    targetPort: 8080\n"
         )
     return (
-        f"apiVersion: apps/v1\nkind: Deployment\n{head}spec:\n  replicas: 1\n"
+        f"apiVersion: apps/v1\nkind: Deployment\n{head}spec:\n  replicas: {replicas}\n"
         f"  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n"
         f"    metadata: {{labels: {{app: {name}}}}}\n    spec:\n"
         f"      containers: [{{name: app, image: registry.invalid/app:{i}}}]\n"
     )
 
 
-def generate(total: int, prefix: str) -> dict[str, str]:
+def generate(total: int, prefix: str, replicas: int = 1) -> dict[str, str]:
     """Files of a repo with ``total`` objects (rounded to the mix) in 10 namespaces."""
     per_ns = sum(n for _, n in MIX)
     scale = max(1, round(total / (10 * per_ns)))
@@ -85,7 +85,9 @@ def generate(total: int, prefix: str) -> dict[str, str]:
             f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"
         )
         for kind, count in MIX:
-            docs = [_doc(kind, f"{kind.lower()}-{i}", ns, i) for i in range(count * scale)]
+            docs = [
+                _doc(kind, f"{kind.lower()}-{i}", ns, i, replicas) for i in range(count * scale)
+            ]
             files[f"ns-{n}/{kind.lower()}.yaml"] = "---\n".join(docs)
     return files
 
@@ -188,18 +190,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--objects", type=int, default=1000)
     parser.add_argument("--kubeconfig", default=os.environ.get("GITSYNC_TEST_KUBECONFIG"))
     parser.add_argument("--informers", action="store_true", help="sync with a shared informer hub")
+    parser.add_argument("--replicas", type=int, default=1, help="Pods per Deployment (0: none)")
     args = parser.parse_args(argv)
     log.configure(json=True, level="info")
     run = uuid.uuid4().hex[:5]
     # Both copies' Deployments (a tenth of the objects each), one Pod each, on 3 nodes.
-    pods = max(110, args.objects // 10)
+    pods = max(110, args.objects // 10 * args.replicas)
     with (
         cluster(args.kubeconfig, pods) as (kubeconfig, kubectl),
         tempfile.TemporaryDirectory() as tmp,
     ):
         work = Path(tmp)
-        k_files = generate(args.objects, f"bk{run}")
-        g_files = generate(args.objects, f"bg{run}")
+        k_files = generate(args.objects, f"bk{run}", args.replicas)
+        g_files = generate(args.objects, f"bg{run}", args.replicas)
         n_objects = sum(len(t.split("---\n")) for t in g_files.values())
         _write(k_files, work / "kubectl")
         k_seconds, k_verbs = kubectl_apply(kubectl, kubeconfig, work / "kubectl")
