@@ -534,7 +534,9 @@ def _unchanged_in_cache(
     found = store.memo(ident, f"fingerprint:{manager}", lambda o: fingerprint(o, manager))
     if found is None:
         return None
-    if found != entry.fingerprint and not ignored_by_annotation(m.obj, store.get(ident)):
+    if found != entry.fingerprint and not (
+        ignored_by_annotation(m.obj) or ignored_by_annotation(store.get(ident))
+    ):
         return None
     return Change(
         ref=m.ref,

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from gitsync.engine import statestore
+from gitsync.engine.plan import CONFIRM_GETS
 from gitsync.engine.sync import Context, sync_app
-from gitsync.informers.hub import Informers
+from gitsync.informers.hub import HPA, Informers
 from gitsync.informers.informer import InformerSettings
 from gitsync.kube import Kube
 from gitsync.model import APP_LABEL, KubeObject, ObjectRef
@@ -194,3 +195,32 @@ def test_state_written_by_another_client_is_read_from_the_api(
     kube.calls.clear()
     assert app.sync().result == "unchanged"
     assert _calls(kube, READS + WRITES) == {}, "known again: the state comes from the cache"
+
+
+def test_many_objects_to_confirm_fall_back_to_one_list_per_kind(
+    cached: App, kube: Kube, hub: Informers
+) -> None:
+    """More than CONFIRM_GETS objects the cache cannot call unchanged are read with a
+    labelled LIST of their kind, not one GET each, and still synced right."""
+    app = cached
+    for kind in (NAMESPACES, CONFIGMAPS):
+        assert hub.managed(*kind).wait_synced(30)
+    assert hub.everything(*HPA).wait_synced(30)  # the dry-runs ask about HPAs
+    count = CONFIRM_GETS + 6
+    app.commit({"ns.yaml": NAMESPACE, "cm.yaml": config_maps("cm", count)})
+    kube.calls.clear()
+    first = app.sync()
+    assert first.result == "synced", first.error
+    assert first.counts["create"] == count + 1
+    assert kube.calls["list"] == 2, dict(kube.calls)  # Namespaces and ConfigMaps, once each
+    warm(hub, [app], [NAMESPACES, CONFIGMAPS])
+    app.commit({"ns.yaml": NAMESPACE, "cm.yaml": config_maps("cm", count, value="two")})
+    kube.calls.clear()
+    second = app.sync()
+    assert second.result == "synced", second.error
+    assert second.counts["update"] == count
+    assert second.counts["unchanged"] == 1
+    assert kube.calls["list"] == 1, dict(kube.calls)  # ConfigMaps only: the Namespace is cached
+    live = kube.get(ref("ConfigMap", f"cm-{count - 1}", app.ns))
+    assert live is not None
+    assert live["data"] == {"key": "two"}
