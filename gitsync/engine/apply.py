@@ -169,10 +169,9 @@ def _unchanged(
     cached: list[Callable[[], KubeObject | None]],
 ) -> None:
     """Record an object the plan found unchanged, as it is live."""
-    if c.cached is not None:
-        # Unchanged by the informer cache: its fingerprint is known, nothing is decoded.
-        hashed = content_hash(m.obj)
-        entries.append(InventoryEntry(ref=m.ref, manifest_hash=hashed, fingerprint=c.fingerprint))
+    if c.recorded is not None and c.cached is not None:
+        # Unchanged by the informer cache: its entry stands, nothing is decoded.
+        entries.append(c.recorded)
         cached.append(c.cached)
         return
     live = c.live or {}

@@ -113,9 +113,9 @@ class Change:
     sent: KubeObject | None = field(default=None, repr=False, compare=False)
     # Fields another manager owns that this apply takes back, e.g. 'kubectl-edit: .spec.x'.
     conflicts: tuple[str, ...] = ()
-    # UNCHANGED by the informer cache: ``live`` is None, ``fingerprint`` is the cached
-    # object's, and ``cached`` decodes the object if someone needs it (the gate may).
-    fingerprint: str = ""
+    # UNCHANGED by the informer cache: ``live`` is None, ``recorded`` is its inventory
+    # entry as it stands, and ``cached`` decodes the object if someone needs it (the gate).
+    recorded: InventoryEntry | None = None
     cached: Callable[[], KubeObject | None] | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -337,9 +337,6 @@ def make_plan(
     def plan_one(item: tuple[Manifest, Resource]) -> Change:
         m, _res = item
         ref = m.ref
-        decided = early.get(ref.identity())
-        if decided is not None:
-            return decided
         current = live.objects.get(ref.identity())
         entry = known.get(ref.identity())
         if (
@@ -366,14 +363,7 @@ def make_plan(
             return _deferred(m)
         return plan_object(kube, m, current, leave=leave(m), manager=manager)
 
-    failures: list[tuple[str, str]] = []
-    changes: list[Change] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for (m, _res), result in zip(ready, pool.map(_capture(plan_one), ready), strict=True):
-            if isinstance(result, KubeError):
-                failures.append((f"{m.source}: {m.ref}", str(result)))
-            else:
-                changes.append(result)
+    changes, failures = _plan_each(ready, early, plan_one, workers)
     if owners is not None:
         failures.extend(_taken(changes, live, owners, app))
     if failures:
@@ -381,6 +371,30 @@ def make_plan(
     changes.extend(_deferred(m) for m in deferred)
     changes.extend(_prune_candidates(state, desired_ids, stale, unsettled, live))
     return Plan(changes=tuple(changes))
+
+
+def _plan_each(
+    ready: Sequence[tuple[Manifest, Resource]],
+    early: Mapping[Identity, Change],
+    plan_one: Callable[[tuple[Manifest, Resource]], Change],
+    workers: int,
+) -> tuple[list[Change], list[tuple[str, str]]]:
+    """``plan_one`` of each, in order, on threads; what the cache decided needs none."""
+    results: list[Change | KubeError | None] = [early.get(m.ref.identity()) for m, _ in ready]
+    todo = [i for i, result in enumerate(results) if result is None]
+    if todo:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            planned = pool.map(_capture(plan_one), [ready[i] for i in todo])
+            for i, result in zip(todo, planned, strict=True):
+                results[i] = result
+    changes: list[Change] = []
+    failures: list[tuple[str, str]] = []
+    for (m, _res), result in zip(ready, results, strict=True):
+        if isinstance(result, KubeError):
+            failures.append((f"{m.source}: {m.ref}", str(result)))
+        elif result is not None:
+            changes.append(result)
+    return changes, failures
 
 
 def _taken(
@@ -543,7 +557,7 @@ def _unchanged_in_cache(
         action=Action.UNCHANGED,
         source=m.source,
         manifest=m,
-        fingerprint=found,
+        recorded=InventoryEntry(ref=m.ref, manifest_hash=entry.manifest_hash, fingerprint=found),
         cached=lambda: store.get(ident),
     )
 
