@@ -323,6 +323,9 @@ class ControllerConfig(_Model):
     api_retry_timeout: Duration = Field(default=60.0, alias="apiRetryTimeout")
     # The read-only status page at / and its JSON at /api/apps (gitsync.runtime.ui).
     ui: bool = True
+    # Apps split into this many shards, each led through a Lease of its own, so that
+    # replicas share the apps (gitsync.runtime.shards); 1 is the single-leader setup.
+    shards: int = Field(default=1, ge=1, le=64)
 
     @field_validator("listen")
     @classmethod
@@ -339,6 +342,24 @@ class GitSyncConfig(_Model):
     state_namespace: str = Field(default="gitsync-system", alias="stateNamespace")
     cache_dir: str = Field(default="/var/cache/gitsync", alias="cacheDir")
     controller: ControllerConfig = ControllerConfig()
+
+    @model_validator(mode="after")
+    def _sharding(self) -> GitSyncConfig:
+        ctl = self.controller
+        if ctl.shards > 1 and not ctl.leader_election.enabled:
+            msg = (
+                "controller.shards: sharding needs leader election; set "
+                "controller.leaderElection.enabled: true or shards: 1"
+            )
+            raise ValueError(msg)
+        if ctl.shards > 1 and len(ctl.leader_election.lease_name) > 50:
+            # It is also the value of the membership label (at most 63 characters).
+            msg = (
+                "controller.shards: with more than one shard, "
+                "controller.leaderElection.leaseName may have at most 50 characters"
+            )
+            raise ValueError(msg)
+        return self
 
     @model_validator(mode="after")
     def _unique(self) -> GitSyncConfig:

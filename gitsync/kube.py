@@ -312,6 +312,7 @@ class Kube:
         self.calls: Counter[str] = Counter()
         self._discovery: Discovery | None = None
         self._write_fence: Callable[[], str] | None = None
+        self._user_agent = "gitsync"
         # Set on an impersonating client (see ``impersonate``).
         self._root: Kube | None = None
         self.acting_as = ""
@@ -404,7 +405,7 @@ class Kube:
         if self._pools is None:
             msg = "this client was built without a pool factory; cannot make a dedicated one"
             raise KubeError(msg)
-        return Kube(
+        twin = Kube(
             host=self.host,
             pool=self._pools(pool_size, True),
             watch_pool=self._pools(pool_size, True),
@@ -415,6 +416,8 @@ class Kube:
             pool_timeout=timeout,
             retry_budget=retry_budget,
         )
+        twin._user_agent = (self._root or self)._user_agent
+        return twin
 
     def impersonate(
         self,
@@ -454,11 +457,16 @@ class Kube:
 
     def _headers(self, accept: str) -> urllib3.HTTPHeaderDict:
         headers = urllib3.HTTPHeaderDict(
-            {"Accept": accept, "User-Agent": "gitsync", **self._auth()}
+            {"Accept": accept, "User-Agent": (self._root or self)._user_agent, **self._auth()}
         )
         for key, value in self._as_headers:
             headers.add(key, value)  # repeated, not joined: the API server reads each line
         return headers
+
+    def set_user_agent(self, agent: str) -> None:
+        """Name this replica in the API server's view (its audit log): ``gitsync/<id>``;
+        shared by every client derived from this one (set it before ``dedicated``)."""
+        (self._root or self)._user_agent = agent
 
     def set_write_fence(self, fence: Callable[[], str] | None) -> None:
         """``fence()`` returns why writes must stop now ("" to go ahead); checked before

@@ -89,6 +89,9 @@ class ClusterConfig:
     # One real node (kubelet + containerd) beside the KWOK nodes; see realnode.py.
     real_node: bool = False
     real_node_timeout: float = 120.0
+    # An audit policy: the apiserver then writes JSON audit events to work_dir/audit.log
+    # (who wrote what, when, with which User-Agent), e.g. for the sharding test's audit.
+    audit_policy: Path | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -513,6 +516,7 @@ class DevCluster:
                 # Without it SIGTERM waits the full 60 s request timeout on open watches.
                 "--shutdown-watch-termination-grace-period=2s",
                 *self._kubelet_client_flags(),
+                *self._audit_flags(),
             ],
             "kube-controller-manager": [
                 f"--kubeconfig={w / 'controller-manager.kubeconfig'}",
@@ -567,6 +571,22 @@ class DevCluster:
         )
         # kwok also reads ~/.kwok/kwok.yaml; a private HOME keeps a developer's stages out.
         self._rt.env["kwok"] = {"HOME": str(w / "kwok-home")}
+
+    @property
+    def audit_log(self) -> Path | None:
+        """The apiserver's audit log (JSON lines), when started with an audit policy."""
+        return self.work_dir / "audit.log" if self.config.audit_policy is not None else None
+
+    def _audit_flags(self) -> list[str]:
+        if self.config.audit_policy is None:
+            return []
+        return [
+            f"--audit-policy-file={self.config.audit_policy}",
+            f"--audit-log-path={self.work_dir / 'audit.log'}",
+            "--audit-log-format=json",
+            "--audit-log-maxsize=100",
+            "--audit-log-maxbackup=1",
+        ]
 
     def _kubelet_client_flags(self) -> list[str]:
         """How the apiserver reaches a real kubelet: by its InternalIP, with a client cert."""

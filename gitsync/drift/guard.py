@@ -25,6 +25,7 @@ class SyncGuard:
         self._lock = threading.Lock()
         self._holds = 0
         self._touched: set[Identity] = set()
+        self._deferred: set[Identity] = set()  # reports held back: to look at again
 
     @contextlib.contextmanager
     def syncing(self, after: Callable[[], None]) -> Iterator[None]:
@@ -57,6 +58,11 @@ class SyncGuard:
     def forget(self, ident: Identity) -> None:
         self._touched.discard(ident)
 
+    def deferred(self) -> list[Identity]:
+        """Objects whose reports were held back since the last call (worker thread)."""
+        out, self._deferred = list(self._deferred), set()
+        return out
+
     def hold_back(
         self,
         ident: Identity,
@@ -72,6 +78,7 @@ class SyncGuard:
             return reports
         if not (ident in self._touched or self.applying(ident, live)):
             return reports
+        self._deferred.add(ident)
         waiting = {r.path for r in ownerless}
         earlier = [r for r in published if r.path in waiting]
         return [r for r in reports if r.attribution == OWNER] + earlier

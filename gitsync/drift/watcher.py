@@ -313,13 +313,15 @@ class DriftWatcher:
         self._evaluate(ident, change.obj, change.old())
 
     def _resume(self) -> None:
-        """After a sync here (and at start): its state now, then a full compare, heals."""
+        """After a sync here: compare again what was held back while it ran, and heal.
+
+        No read of the state: a sync that wrote it changed its head, and that change
+        arrives from the informer like any other (a poll that wrote nothing costs nothing).
+        """
         if self.guard.held():
             return
-        if not self._read_state():
-            for ident, _intent in self.intents.items():
-                if self.streams.live(ident) is not None:
-                    self._evaluate(ident)
+        for ident in self.guard.deferred():
+            self._evaluate(ident)
         if self.app.self_heal:
             for ident in self.publisher.drifted():
                 self._schedule_heal(ident)

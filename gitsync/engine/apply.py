@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gitsync.drift.compare import FieldPath
 from gitsync.engine import ignores, order
@@ -23,6 +23,9 @@ from gitsync.fields import content_hash, fingerprint, upgraded_managed_fields
 from gitsync.health.gate import default_timeout, wait_healthy
 from gitsync.kube import Kube
 from gitsync.model import RECREATE_ANNOTATION, KubeObject, Manifest, ObjectRef
+
+if TYPE_CHECKING:
+    from gitsync.informers.hub import Informers
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,6 +80,7 @@ def apply_plan(
     progress: Progress | None = None,
     manager: str,
     cancel: threading.Event | None = None,
+    informers: Informers | None = None,
 ) -> AppliedSet:
     """Write every create/update of ``plan``; stop after the first stage with a failure.
 
@@ -98,7 +102,7 @@ def apply_plan(
     wave: list[KubeObject] = []  # written in the current wave, to gate before the next
     for i, stage in enumerate(stages):
         if wave and stage.wave != stages[i - 1].wave:
-            failure = _gate_wave(kube, stages[i - 1].wave, wave, cancel)
+            failure = _gate_wave(kube, stages[i - 1].wave, wave, cancel, informers)
             if failure is not None:
                 failures.append(failure)
                 break
@@ -140,10 +144,16 @@ def apply_plan(
 
 
 def _gate_wave(
-    kube: Kube, number: int, objects: list[KubeObject], cancel: threading.Event | None
+    kube: Kube,
+    number: int,
+    objects: list[KubeObject],
+    cancel: threading.Event | None,
+    informers: Informers | None,
 ) -> Failure | None:
     """None once wave ``number``'s writes are healthy; else why the next wave must wait."""
-    verdict = wait_healthy(kube, objects, timeout=default_timeout(objects), cancel=cancel)
+    verdict = wait_healthy(
+        kube, objects, timeout=default_timeout(objects), cancel=cancel, informers=informers
+    )
     if verdict.healthy:
         return None
     culprit = verdict.culprit

@@ -19,6 +19,7 @@ from gitsync.config import AppConfig
 from gitsync.engine import inventory
 from gitsync.engine.apply import Failure
 from gitsync.engine.inventory import AppState
+from gitsync.engine.steady import SteadyMemo
 from gitsync.errors import GitSyncError, KubeError
 from gitsync.informers.hub import Informers
 from gitsync.kube import Kube
@@ -57,10 +58,19 @@ class Context:
     # The controller's shared watch caches (None in a one-shot CLI sync): the gate, the
     # plan's no-op check and state reads use them instead of API calls.
     informers: Informers | None = None
+    # What the last full sync of each app left: a poll that finds it unchanged needs no
+    # render and no plan (``gitsync.engine.steady``; only with informers).
+    steady: SteadyMemo | None = None
 
     @property
     def cancelled(self) -> bool:
         return self.cancel is not None and self.cancel.is_set()
+
+
+def object_informers(app: AppConfig, ctx: Context) -> Informers | None:
+    """The shared informers, for reading the app's objects: None for an app with its own
+    ServiceAccount, whose reads go through its identity (the informers read as gitsync)."""
+    return None if app.service_account is not None else ctx.informers
 
 
 class Record:

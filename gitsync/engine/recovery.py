@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from gitsync.config import AppConfig
 from gitsync.engine import limits
 from gitsync.engine.inventory import AppState
-from gitsync.engine.outcome import Context, Record, SyncResult
+from gitsync.engine.outcome import Context, Record, SyncResult, object_informers
 from gitsync.engine.ownership import Owners
 from gitsync.engine.rollback import quarantine as quarantine_commit
 from gitsync.engine.rollback import roll_back
@@ -97,6 +97,7 @@ class Recovery:
                 state=within,
                 timeout=timeout,
                 cancel=self.ctx.cancel,
+                informers=object_informers(self.app, self.ctx),
                 owners=self.owners,
                 ignore=self.app.ignore,
             )

@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from gitsync.config import IgnoreRule
 from gitsync.engine.apply import AppliedSet, apply_plan
@@ -23,6 +24,9 @@ from gitsync.health import rules
 from gitsync.health.gate import Verdict, wait_healthy
 from gitsync.kube import Kube
 from gitsync.model import Identity, KubeObject, Manifest, ManifestSet, ObjectRef, field_manager
+
+if TYPE_CHECKING:
+    from gitsync.informers.hub import Informers
 
 _POD = ObjectRef(group="", version="v1", kind="Pod", namespace="", name="")
 
@@ -68,6 +72,7 @@ def roll_back(
     cancel: threading.Event | None = None,
     owners: Owners | None = None,
     ignore: Sequence[IgnoreRule] = (),
+    informers: Informers | None = None,
 ) -> RollbackResult:
     """Re-apply ``state``'s healthy manifests, undo the unsettled sync, wait for health.
 
@@ -79,7 +84,9 @@ def roll_back(
     created = frozenset(e.ref.identity() for e in state.pending)
     manifests = healthy_set(state)
     plan = make_plan(manifests, kube=kube, app=app, state=state, owners=owners, ignore=ignore)
-    applied = apply_plan(plan, kube=kube, manager=field_manager(app), cancel=cancel)
+    applied = apply_plan(
+        plan, kube=kube, manager=field_manager(app), cancel=cancel, informers=informers
+    )
     if not applied.ok:
         return RollbackResult(applied=applied, deleted=(), verdict=None, inventory=state.inventory)
     leftovers = [
@@ -112,7 +119,7 @@ def roll_back(
     inventory = tuple(sorted([*applied.entries, *kept], key=lambda e: e.ref))
     objects = applied.live_objects()
     restarted = unstick_statefulsets(kube, objects, timeout=min(timeout, 30.0))
-    verdict = wait_healthy(kube, objects, timeout=timeout, cancel=cancel)
+    verdict = wait_healthy(kube, objects, timeout=timeout, cancel=cancel, informers=informers)
     return RollbackResult(
         applied=applied,
         deleted=pruned.deleted,

@@ -19,6 +19,7 @@ any call, and prune and rollback never touch an object outside them.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Collection
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,7 +28,7 @@ from gitsync.config import AppConfig
 from gitsync.engine import inventory, limits
 from gitsync.engine.apply import AppliedSet, Progress, apply_plan
 from gitsync.engine.inventory import AppState, InventoryEntry
-from gitsync.engine.outcome import Context, Record, SyncResult
+from gitsync.engine.outcome import Context, Record, SyncResult, object_informers
 from gitsync.engine.ownership import Owners
 from gitsync.engine.plan import Action, Change, Origin, Plan, make_plan
 from gitsync.engine.prune import PruneResult, prune
@@ -72,27 +73,34 @@ def _repo_root(revision: Revision, app_path: str) -> Path:
     return root
 
 
-def prepare_render(app: AppConfig, ctx: Context) -> tuple[Revision, ManifestSet]:
-    """Fetch and render: reads the repo and discovery only, from the commit's pinned tree."""
+def fetch(app: AppConfig, ctx: Context) -> contextlib.AbstractContextManager[Revision]:
+    """The app's commit, verified if the app asks, pinned in a read-only tree while open."""
     spec = source_spec(app, ctx.auth)
     trust = (
         verify.load(app.verify, app=app.name, kube=ctx.kube, namespace=ctx.state_namespace)
         if app.verify
         else None
     )
-    with checkout(
-        spec, cache_dir=ctx.cache_dir, timeout=ctx.fetch_timeout, trust=trust
-    ) as revision:
-        manifests = render(
-            Path(revision.path),
-            repo_root=_repo_root(revision, app.path),
-            default_namespace=app.namespace,
-            app_name=app.name,
-            kinds=ctx.kube.discover(refresh=True),
-            kustomize=list(ctx.kustomize) if ctx.kustomize else None,
-            helm=app.helm_settings,
-        )
-    return revision, manifests
+    return checkout(spec, cache_dir=ctx.cache_dir, timeout=ctx.fetch_timeout, trust=trust)
+
+
+def render_revision(app: AppConfig, ctx: Context, revision: Revision) -> ManifestSet:
+    """Render a fetched (still pinned) commit: reads the tree and discovery only."""
+    return render(
+        Path(revision.path),
+        repo_root=_repo_root(revision, app.path),
+        default_namespace=app.namespace,
+        app_name=app.name,
+        kinds=ctx.kube.discover(refresh=True),
+        kustomize=list(ctx.kustomize) if ctx.kustomize else None,
+        helm=app.helm_settings,
+    )
+
+
+def prepare_render(app: AppConfig, ctx: Context) -> tuple[Revision, ManifestSet]:
+    """Fetch and render: reads the repo and discovery only, from the commit's pinned tree."""
+    with fetch(app, ctx) as revision:
+        return revision, render_revision(app, ctx, revision)
 
 
 def app_kube(app: AppConfig, ctx: Context, *, namespaces: Collection[str] = ()) -> Kube:
@@ -182,7 +190,11 @@ class _Run:
         app = self.app
         self.rec.log.info("sync.started", repo=app.repo, ref=app.ref, path=app.path)
         try:
-            revision, manifests = prepare_render(app, self.ctx)
+            with fetch(app, self.ctx) as revision:
+                steady = self.steady(revision.sha)
+                if steady is not None:
+                    return steady
+                manifests = render_revision(app, self.ctx, revision)
         except GitSyncError as e:
             return self.rec.refused("prepare", "", e)
         self.rec.log = self.rec.log.bind(revision=revision.sha[:12])
@@ -229,10 +241,35 @@ class _Run:
             return self.rec.result(revision.sha, "interrupted")
         return self.apply(prep)
 
+    def steady(self, sha: str) -> SyncResult | None:
+        """``unchanged`` from the watch caches alone, if the app is steady at ``sha``."""
+        memo, informers = self.ctx.steady, self.ctx.informers
+        if memo is None or informers is None:
+            return None
+        in_sync = None
+        if not self.force and self.app.service_account is None:
+            in_sync = memo.check(self.app, sha, informers, state_namespace=self.ctx.state_namespace)
+        if in_sync is None:
+            memo.forget(self.app.name)  # the full path remembers again if it ends settled
+            return None
+        out = self.rec.result(sha, "unchanged", counts={"unchanged": in_sync})
+        self.rec.log.bind(revision=sha[:12]).info(
+            "sync.done",
+            result="unchanged",
+            created=0,
+            updated=0,
+            unchanged=in_sync,
+            pruned=0,
+            seconds=round(out.seconds, 3),
+            steady=True,
+        )
+        return out
+
     def apply(self, prep: Prepared) -> SyncResult:
         rev = prep.revision
-        for warning in prep.manifests.warnings:
-            self.rec.log.warning("render.lint", message=warning)
+        if prep.state.revision != rev.sha:  # once per commit, not on every poll
+            for warning in prep.manifests.warnings:
+                self.rec.log.warning("render.lint", message=warning)
         counts = prep.plan.counts()
         self.rec.log.info("sync.planned", **counts)
         for c in prep.plan.changes:
@@ -248,6 +285,7 @@ class _Run:
             progress=self.progress,
             manager=field_manager(self.app.name),
             cancel=self.ctx.cancel,
+            informers=object_informers(self.app, self.ctx),
         )
         by_id = {c.ref.identity(): c for c in prep.plan.changes}
         for ref in applied.written:  # in the order they were applied
@@ -362,6 +400,7 @@ class _Run:
             on_progress=report,
             cancel=self.ctx.cancel,
             unchanged=unchanged,
+            informers=object_informers(self.app, self.ctx),
         )
         for o in verdict.preexisting:
             self.rec.log.warning(
@@ -424,6 +463,8 @@ class _Run:
             state = state.with_history(rev.sha, "synced")
         if state != self.rec.stored:
             self.rec.persist(state)
+        if self.ctx.steady is not None:
+            self.ctx.steady.remember(self.app, self.rec.stored, frozenset(desired))
         counts = {k: v for k, v in counts.items() if k != "prune"} | {"pruned": len(pruned.deleted)}
         result = "synced" if changed else "unchanged"
         out = self.rec.result(rev.sha, result, counts=counts, prune_guard=pruned.guard)

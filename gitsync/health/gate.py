@@ -1,36 +1,30 @@
-"""The health gate: wait, on watches, until every applied object is Current.
+"""The health gate: wait until every applied object is Current, one Failed, or time is up.
 
-One LIST then one WATCH per (kind, namespace) that still has something in progress, plus
-one Pod watch per namespace holding an in-progress workload so that a CrashLoopBackOff
-fails the gate within seconds instead of at the progress deadline.
+Two feeds keep the gate's picture live. In the controller, the shared informers
+(``health.cached``): the gate sends no request of its own and judges again only what an
+event touched, a workload with its own Pods. Without them (``gitsync sync --once``), the
+gate's own LIST and WATCH per (kind, namespace) in progress (``health.watched``).
 """
 
 from __future__ import annotations
 
-import queue
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
-from gitsync.errors import KubeError
-from gitsync.health import rules
+from gitsync.health import cached, rules
 from gitsync.health.rules import Health, Status
-from gitsync.kube import Kube, Resource, WatchCancel
+from gitsync.health.watched import WatchedFeed
+from gitsync.kube import Kube
 from gitsync.model import FIELD_MANAGER, Identity, KubeObject, ObjectRef
+
+if TYPE_CHECKING:
+    from gitsync.informers.hub import Informers
 
 DEFAULT_PROGRESS_DEADLINE = 600
 MARGIN_SECONDS = 30.0
-_WORKLOADS = {
-    ("apps", "Deployment"),
-    ("apps", "StatefulSet"),
-    ("apps", "DaemonSet"),
-    ("apps", "ReplicaSet"),
-    ("batch", "Job"),
-}
-_POD = ObjectRef(group="", version="v1", kind="Pod", namespace="", name="")
-_RS = ObjectRef(group="apps", version="v1", kind="ReplicaSet", namespace="", name="")
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -94,143 +88,19 @@ def _deadline(obj: KubeObject) -> float | None:
     return None
 
 
-class _Watch(threading.Thread):
-    """Feeds events of one (kind, namespace) into the gate's queue until stopped."""
-
-    def __init__(
-        self,
-        kube: Kube,
-        res: Resource,
-        namespace: str,
-        rv: str,
-        *,
-        out: queue.Queue[tuple[str, KubeObject]],
-        stop: threading.Event,
-        cancel: WatchCancel,
-    ) -> None:
-        super().__init__(daemon=True, name=f"gate-watch-{res.kind}-{namespace}")
-        self._kube, self._res, self._ns, self._rv = kube, res, namespace, rv
-        self._out, self._stop, self._cancel = out, stop, cancel
-
-    def run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                for etype, obj in self._kube.watch(
-                    self._res,
-                    namespace=self._ns,
-                    resource_version=self._rv,
-                    timeout_seconds=5,
-                    cancel=self._cancel,
-                ):
-                    if self._stop.is_set():
-                        return
-                    rv = (obj.get("metadata") or {}).get("resourceVersion")
-                    if etype == "ERROR":
-                        self._rv = ""  # 410 Gone: relist from now
-                        break
-                    if rv:
-                        self._rv = rv
-                    if etype != "BOOKMARK":
-                        obj.setdefault("apiVersion", self._res.api_version)
-                        obj.setdefault("kind", self._res.kind)
-                        self._out.put((etype, obj))
-            except KubeError:
-                self._stop.wait(0.5)
-            if not self._rv and not self._stop.is_set():
-                try:
-                    items, self._rv = self._kube.list_objects(self._res, namespace=self._ns)
-                except KubeError:
-                    self._stop.wait(0.5)
-                    continue
-                for obj in items:
-                    self._out.put(("MODIFIED", obj))
-
-
 Progress = Callable[[int, int, int], None]
 
 
-class _Gate:
-    """The live picture of the applied objects and their Pods, fed by watches."""
+class _Feed(Protocol):
+    """What keeps the gate's picture live: its own watches, or the informers."""
 
-    def __init__(self, kube: Kube, objects: Sequence[KubeObject]) -> None:
-        self.kube = kube
-        self.state: dict[Identity, KubeObject] = {ObjectRef.of(o).identity(): o for o in objects}
-        self.pods: dict[str, dict[str, KubeObject]] = {}  # namespace -> name -> Pod
-        self.replicasets: dict[str, dict[str, KubeObject]] = {}
-        # Server time of the newest apply: Pods created before it are not the new revision's.
-        self.since = max((_applied_at(o) for o in objects), default="")
-        self.events: queue.Queue[tuple[str, KubeObject]] = queue.Queue()
-        self._stop = threading.Event()
-        self._cancels: list[WatchCancel] = []
+    def start(self, waiting: Collection[Identity]) -> None: ...
 
-    def close(self) -> None:
-        """End every watch thread now, even one blocked reading its stream."""
-        self._stop.set()
-        for cancel in self._cancels:
-            cancel.cancel()
+    def step(self, wait: float, verdicts: Mapping[Identity, Health]) -> dict[Identity, Health]:
+        """Take in what arrived within ``wait`` seconds; new verdicts of what changed."""
+        ...
 
-    def judge(self) -> dict[Identity, Health]:
-        out = {}
-        for ident, obj in self.state.items():
-            ref = ObjectRef.of(obj)
-            ns_pods: Sequence[Mapping[str, Any]] = ()
-            if (ref.group, ref.kind) in _WORKLOADS:
-                ns_pods = rules.current_pods(
-                    obj,
-                    self.pods.get(ref.namespace, {}).values(),
-                    self.replicasets.get(ref.namespace, {}).values(),
-                    since=self.since,
-                )
-            out[ident] = rules.assess(obj, pods=ns_pods)
-        return out
-
-    def watch(self, waiting: Iterable[Identity]) -> None:
-        """LIST+WATCH each (kind, namespace) still in progress, and Pods beside workloads."""
-        disc = self.kube.discover()
-        wanted: dict[tuple[str, str, str], Resource] = {}
-        for ident in waiting:
-            ref = ObjectRef.of(self.state[ident])
-            res = disc.for_ref(ref)
-            pod_res = disc.for_ref(_POD)
-            if res is not None:
-                wanted.setdefault((ref.group, ref.kind, ref.namespace), res)
-            if (ref.group, ref.kind) in _WORKLOADS and ref.namespace and pod_res is not None:
-                wanted.setdefault(("", "Pod", ref.namespace), pod_res)
-            rs_res = disc.for_ref(_RS)
-            if (ref.group, ref.kind) == ("apps", "Deployment") and rs_res is not None:
-                wanted.setdefault(("apps", "ReplicaSet", ref.namespace), rs_res)
-        for (_g, _k, ns), res in wanted.items():
-            items, rv = self.kube.list_objects(res, namespace=ns)
-            for item in items:
-                self.events.put(("MODIFIED", item))
-            cancel = WatchCancel()
-            self._cancels.append(cancel)
-            _Watch(self.kube, res, ns, rv, out=self.events, stop=self._stop, cancel=cancel).start()
-
-    def drain(self, wait: float) -> None:
-        try:
-            self.absorb(*self.events.get(timeout=wait))
-        except queue.Empty:
-            return
-        while not self.events.empty():
-            self.absorb(*self.events.get_nowait())
-
-    def absorb(self, etype: str, obj: KubeObject) -> None:
-        ref = ObjectRef.of(obj)
-        if ref.identity() in self.state:
-            if etype != "DELETED":
-                self.state[ref.identity()] = obj
-            return
-        index = {("", "Pod"): self.pods, ("apps", "ReplicaSet"): self.replicasets}.get(
-            (ref.group, ref.kind)
-        )
-        if index is None:
-            return
-        ns = index.setdefault(ref.namespace, {})
-        if etype == "DELETED":
-            ns.pop(ref.name, None)
-        else:
-            ns[ref.name] = obj
+    def close(self) -> None: ...
 
 
 def wait_healthy(
@@ -242,6 +112,7 @@ def wait_healthy(
     progress_every: float = 5.0,
     cancel: threading.Event | None = None,
     unchanged: frozenset[Identity] = frozenset(),
+    informers: Informers | None = None,
 ) -> Verdict:
     """Block until all ``objects`` are Current (healthy), one is Failed, or time runs out.
 
@@ -249,33 +120,41 @@ def wait_healthy(
     ``interrupted`` verdict, which is neither healthy nor a reason to roll back. Objects in
     ``unchanged`` (the commit did not write them) that are already unhealthy when the wait
     starts are set aside as ``preexisting``: a commit is judged on what it changed.
+    With ``informers`` the gate reads their caches and sends no LIST or WATCH itself.
     """
     started = time.monotonic()
-    gate = _Gate(kube, objects)
-    verdicts = gate.judge()
+    state = {ObjectRef.of(o).identity(): o for o in objects}
+    # Server time of the newest apply: Pods created before it are not the new revision's.
+    since = max((_applied_at(o) for o in objects), default="")
+    verdicts = {i: rules.assess(o) for i, o in state.items()}  # as applied, before any Pod
     preexisting = tuple(
-        ObjectHealth(ref=ObjectRef.of(gate.state[i]), health=h)
+        ObjectHealth(ref=ObjectRef.of(state[i]), health=h)
         for i, h in sorted(verdicts.items())
         if i in unchanged and h.status is not Status.CURRENT
     )
     for o in preexisting:
-        gate.state.pop(o.ref.identity())
+        state.pop(o.ref.identity())
         verdicts.pop(o.ref.identity())
     counts = _counts(verdicts)
     if counts[Status.FAILED] or not counts[Status.IN_PROGRESS]:
-        return replace(_verdict(gate.state, verdicts, started), preexisting=preexisting)
+        return replace(_verdict(state, verdicts, started), preexisting=preexisting)
+    waiting = [i for i, h in verdicts.items() if h.status is Status.IN_PROGRESS]
+    feed: _Feed
+    if informers is not None and cached.covers(state[i] for i in waiting):
+        feed = cached.CachedFeed(informers, state, since=since)
+    else:
+        feed = WatchedFeed(kube, state, since=since)
     try:
         # Inside the try: a LIST failing after some watches started must still stop them.
-        gate.watch(i for i, h in verdicts.items() if h.status is Status.IN_PROGRESS)
+        feed.start(waiting)
         last_report = time.monotonic()
         while (remaining := timeout - (time.monotonic() - started)) > 0:
-            gate.drain(min(remaining, 1.0))
-            verdicts = gate.judge()
+            verdicts.update(feed.step(min(remaining, 1.0), verdicts))
             counts = _counts(verdicts)
             if counts[Status.FAILED] or not counts[Status.IN_PROGRESS]:
                 break
             if cancel is not None and cancel.is_set():
-                verdict = _verdict(gate.state, verdicts, started)
+                verdict = _verdict(state, verdicts, started)
                 return replace(verdict, interrupted=True, preexisting=preexisting)
             if on_progress and time.monotonic() - last_report >= progress_every:
                 last_report = time.monotonic()
@@ -283,8 +162,8 @@ def wait_healthy(
                     counts[Status.CURRENT], counts[Status.IN_PROGRESS], counts[Status.FAILED]
                 )
     finally:
-        gate.close()
-    return replace(_verdict(gate.state, verdicts, started), preexisting=preexisting)
+        feed.close()
+    return replace(_verdict(state, verdicts, started), preexisting=preexisting)
 
 
 def _applied_at(obj: KubeObject) -> str:

@@ -29,6 +29,16 @@ FATAL_WAITING = frozenset(
     }
 )
 UNSCHEDULABLE_GRACE_SECONDS = 30.0
+# Kinds judged by their Pods too (see ``current_pods``).
+WORKLOADS = frozenset(
+    {
+        ("apps", "Deployment"),
+        ("apps", "StatefulSet"),
+        ("apps", "DaemonSet"),
+        ("apps", "ReplicaSet"),
+        ("batch", "Job"),
+    }
+)
 
 
 class Status(enum.StrEnum):

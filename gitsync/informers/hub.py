@@ -47,7 +47,9 @@ class Informers:
     def informer(self, target: Target) -> Informer:
         with self._lock:
             found = self._informers.get(target)
-            if found is None:
+            if found is not None:
+                found.poke()
+            else:
                 found = Informer(self.kube, target, settings=self.settings, logger=self.log)
                 self._informers[target] = found
                 if not self._stopped:

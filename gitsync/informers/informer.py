@@ -12,6 +12,7 @@ read, flagged ``forbidden`` so that readers use their own calls instead.
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,6 +23,7 @@ from gitsync.kube import Kube, Resource, WatchCancel
 
 Subscriber = Callable[[Change], None]
 ALL = ""  # subscribe to every change, whatever its label
+POKE_AFTER = 1.0  # seconds: a missing kind is looked for again at most this often on demand
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -70,6 +72,8 @@ class Informer:
         self.watches = 0
         self._synced = threading.Event()
         self._stopped = threading.Event()
+        self._missing_since: float | None = None  # not served (or refused) since then
+        self._poke = threading.Event()
         self._cancel = WatchCancel()
         self._subscribers: dict[str, list[Subscriber]] = {}
         self._on_synced: list[Callable[[], None]] = []
@@ -83,8 +87,16 @@ class Informer:
     def start(self) -> None:
         self._thread.start()
 
+    def poke(self) -> None:
+        """Someone needs this kind now: if it was not served, look again at once (a CRD
+        applied a moment ago) instead of after ``missing_kind_retry``."""
+        since = self._missing_since
+        if since is not None and time.monotonic() - since > POKE_AFTER:
+            self._poke.set()
+
     def stop(self) -> None:
         self._stopped.set()
+        self._poke.set()
         self._cancel.cancel()
 
     def join(self, timeout: float) -> None:
@@ -190,7 +202,10 @@ class Informer:
             self._dispatch(change)
         self._mark_synced()
         self.log.info(event, kind=self.target.kind, reason=why)
-        self._stopped.wait(self.settings.missing_kind_retry)
+        self._missing_since = time.monotonic()
+        self._poke.wait(self.settings.missing_kind_retry)
+        self._poke.clear()
+        self._missing_since = None
 
     def _list(self, res: Resource) -> str:
         """The first LIST comes from the watch cache; a relist after 410 reads etcd."""

@@ -7,12 +7,13 @@ A failed sync is retried sooner, with doubling backoff capped by the interval; a
 unexpected exception in a sync is logged and counted like a failure, never fatal.
 
 Only the holder of the leader Lease runs jobs and drift watchers (so only it applies,
-prunes, rolls back and heals). Losing the Lease ends the process at once (exit 1): the
-threads still inside a sync cannot be fenced off any other way, and the Deployment
-restarts the pod as a standby. SIGTERM stops new syncs, waits up to ``shutdownTimeout``
-for the running ones to finish their stage, releases the Lease and exits 0; if a sync
-is still running then, the Lease is left to expire instead of handed over while a
-writer lives.
+prunes, rolls back and heals); with ``controller.shards`` > 1 each shard has a Lease of
+its own and a replica runs the apps of the shards it holds (gitsync.runtime.shards).
+Losing a Lease ends the process at once (exit 1): the threads still inside a sync
+cannot be fenced off any other way, and the Deployment restarts the pod as a standby.
+SIGTERM stops new syncs, waits up to ``shutdownTimeout`` for the running ones to finish
+their stage, releases the Leases and exits 0; if a sync is still running then, the
+Leases are left to expire instead of handed over while a writer lives.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -34,20 +35,23 @@ from types import FrameType
 from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
+from structlog.contextvars import bound_contextvars
 
 from gitsync import log
 from gitsync.config import AppConfig, GitSyncConfig
 from gitsync.drift.compare import DriftReport
 from gitsync.drift.watcher import DriftWatcher
 from gitsync.engine import inventory
+from gitsync.engine.steady import SteadyMemo
 from gitsync.engine.sync import Context, SyncResult, app_kube, sync_app
 from gitsync.errors import ConfigError, GitSyncError
 from gitsync.informers.hub import Informers
 from gitsync.kube import Kube
-from gitsync.runtime import events, metrics, overview, ui
-from gitsync.runtime.leader import LeaderElector, LeaseSpec, default_identity
+from gitsync.runtime import events, metrics, overview, shards, ui
+from gitsync.runtime.leader import LeaseSpec, default_identity
 from gitsync.runtime.server import Server, WebhookSettings
 from gitsync.source import gitcache
 from gitsync.source.credentials import CredentialStore, read_secret, secret_ref
@@ -64,6 +68,7 @@ class _AppRunner:
     """Mutable bookkeeping of one app; guarded by ``lock``."""
 
     app: AppConfig
+    shard: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     running_since: float | None = None
     pending: bool = False
@@ -210,10 +215,16 @@ class Controller:
             state_namespace=cfg.state_namespace,
             cancel=self.stopping,
             informers=self.informers,
+            steady=SteadyMemo(),
         )
         ctl = cfg.controller
         self.stuck_after = ctl.stuck_after or STUCK_AFTER_DEFAULT
-        self.runners = {app.name: _AppRunner(app=app) for app in cfg.apps}
+        self.runners = {
+            app.name: _AppRunner(app=app, shard=shards.shard_of(app.name, ctl.shards))
+            for app in cfg.apps
+        }
+        self._held: frozenset[int] = frozenset()
+        self._held_lock = threading.Lock()
         self._cache_gc_lock = threading.Lock()
         self._cache_gc_due = 0.0
         self._started = time.monotonic()
@@ -223,30 +234,35 @@ class Controller:
             timezone=UTC,
         )
         election = ctl.leader_election
-        self.elector: LeaderElector | None = None
+        self.identity = identity or default_identity()
+        self.shards: shards.ShardSet | None = None
         if election.enabled:
+            # The API server's audit log then says which replica sent each write.
+            kube.set_user_agent(f"gitsync/{self.identity}")
             spec = LeaseSpec(
                 namespace=cfg.state_namespace,
                 name=election.lease_name,
-                identity=identity or default_identity(),
+                identity=self.identity,
                 lease_duration=election.lease_duration,
                 renew_deadline=election.renew_deadline,
                 retry_period=election.retry_period,
             )
-            self.elector = LeaderElector(
-                lease_kube or kube.dedicated(timeout=spec.renew_deadline),
-                spec,
+            # Sharded: a connection for each shard's elector and two for the membership.
+            pool = 2 if ctl.shards == 1 else ctl.shards + 2
+            self.shards = shards.ShardSet(
+                lease_kube or kube.dedicated(timeout=spec.renew_deadline, pool_size=pool),
+                base=spec,
+                shards=ctl.shards,
                 on_started=self._start_leading,
                 on_lost=self._lost_leadership,
                 logger=self.log,
+                on_shed=self._shed,
             )
-            # Fencing: past renewDeadline no write leaves this process, even before the
-            # elector (or its watchdog) has ended it.
-            kube.set_write_fence(self.elector.write_fence)
-        self._elector_thread: threading.Thread | None = None
+            # Fencing: past renewDeadline of any held shard no write leaves this process,
+            # even before the elector (or its watchdog) has ended it.
+            kube.set_write_fence(self.shards.write_fence)
         # Renewals go on while SIGTERM waits for running syncs: they still write.
         self._elector_stop = threading.Event()
-        self._leading = threading.Event()
         webhook = webhook_settings(cfg, webhook_secret, app_webhook_secrets or {})
         pages = None
         if ctl.ui:
@@ -258,7 +274,7 @@ class Controller:
                 runner=self.runner_view,
                 drift=self.drift_reports,
             )
-            pages = ui.Pages(self.overview, leader=lambda: self.is_leader)
+            pages = ui.Pages(self.overview, leader=lambda: self.is_leader, shards=self._shard_view)
         self.server = Server(
             listen=ctl.listen,
             controller=self,
@@ -273,7 +289,7 @@ class Controller:
         """Serve until SIGTERM/SIGINT (exit 0) or a lost Lease (exit 1)."""
         for app in self.cfg.apps:
             metrics.DRIFT_OBJECTS.labels(app=app.name).set(0)
-        metrics.IS_LEADER.set(0)
+        shards.publish(frozenset(), self.cfg.controller.shards)
         # APScheduler's own warnings (a skipped tick while a sync runs) are expected and
         # not JSON; our logs say what happened with each sync.
         logging.getLogger("apscheduler").setLevel(logging.ERROR)
@@ -285,19 +301,19 @@ class Controller:
         self.log.info(
             "controller.started",
             apps=[a.name for a in self.cfg.apps],
-            leader_election=self.elector is not None,
-            identity=self.elector.spec.identity if self.elector else "",
+            leader_election=self.shards is not None,
+            identity=self.identity if self.shards else "",
+            shards={
+                str(i): sorted(n for n, r in self.runners.items() if r.shard == i)
+                for i in range(self.cfg.controller.shards)
+            }
+            if self.cfg.controller.shards > 1
+            else None,
         )
-        if self.elector is None:
-            self._start_leading()
+        if self.shards is None:
+            self._start_leading(0)
         else:
-            self._elector_thread = threading.Thread(
-                target=self.elector.run,
-                args=(self._elector_stop,),
-                name="gitsync-leader",
-                daemon=True,
-            )
-            self._elector_thread.start()
+            self.shards.start(self._elector_stop)
         while not self.stopping.wait(1.0):
             pass  # a timed wait, so the signal handler always gets the main thread
         return self.shutdown()
@@ -329,25 +345,36 @@ class Controller:
         self._stop_drift_watchers()
         self.scheduler.shutdown(wait=False)
         self._elector_stop.set()
-        if self._elector_thread is not None:
-            self._elector_thread.join(timeout=5)
-        released = self.elector.release() if self.elector is not None else False
-        metrics.IS_LEADER.set(0)
+        if self.shards is not None:
+            self.shards.stop()
+        released: list[int] = []
+        if self.shards is not None:
+            self.shards.join(timeout=5)
+            released = self.shards.release()
+        shards.publish(frozenset(), self.cfg.controller.shards)
         self.server.stop()
-        self.log.info("controller.stopped", released_lease=released)
+        if self.cfg.controller.shards > 1:
+            self.log.info("controller.stopped", released_lease=bool(released), released=released)
+        else:
+            self.log.info("controller.stopped", released_lease=bool(released))
         return 0
 
-    def _busy(self) -> list[str]:
-        return [name for name, r in self.runners.items() if r.running_since is not None]
+    def _busy(self, runners: Mapping[str, _AppRunner] | None = None) -> list[str]:
+        runners = self.runners if runners is None else runners
+        return [name for name, r in runners.items() if r.running_since is not None]
 
-    def _start_leading(self) -> None:
+    def _start_leading(self, shard: int) -> None:
+        """Schedule and watch the apps of ``shard`` (every app with one shard)."""
         if self.stopping.is_set():
             return
-        self._leading.set()
-        metrics.IS_LEADER.set(1)
+        with self._held_lock:
+            self._held |= {shard}
+            held = self._held
+        shards.publish(held, self.cfg.controller.shards)
         now = datetime.now(UTC)
         jitter = self.cfg.controller.jitter
-        for name, runner in self.runners.items():
+        mine = {n: r for n, r in self.runners.items() if r.shard == shard}
+        for name, runner in mine.items():
             interval = runner.app.interval
             first = now + timedelta(seconds=random.uniform(0, min(1.0, interval * jitter)))  # noqa: S311
             self.scheduler.add_job(
@@ -360,14 +387,45 @@ class Controller:
                 replace_existing=True,
             )
         self.scheduler.resume()
-        self._start_drift_watchers()
-        self.log.info("controller.leading", apps=len(self.runners))
+        self._start_drift_watchers(mine.values())
+        if self.cfg.controller.shards > 1:
+            self.log.info("controller.leading", apps=len(mine), shard=shard, held=sorted(held))
+        else:
+            self.log.info("controller.leading", apps=len(mine))
 
-    def _lost_leadership(self) -> None:
+    def _shed(self, shard: int) -> bool:
+        """Stop the work of ``shard`` so its Lease can be handed to another replica: no
+        new sync, the running ones finish (up to ``shutdownTimeout``), drift watchers stop.
+        False (and the shard is resumed) when a sync is still running by then."""
+        with self._held_lock:
+            self._held -= {shard}
+            held = self._held
+        mine = {n: r for n, r in self.runners.items() if r.shard == shard}
+        for name in mine:
+            with contextlib.suppress(JobLookupError):
+                self.scheduler.remove_job(name)
+        # A job marks itself running before it checks the shard, so once none of these
+        # is marked, none will write for the shard again.
+        deadline = time.monotonic() + self.cfg.controller.shutdown_timeout
+        while self._busy(mine) and time.monotonic() < deadline and not self.stopping.is_set():
+            time.sleep(0.1)
+        if self._busy(mine):
+            self._start_leading(shard)
+            return False
+        self._stop_drift_watchers(mine.values())
+        shards.publish(held, self.cfg.controller.shards)
+        self.log.info("controller.shard_stopped", shard=shard, apps=len(mine), held=sorted(held))
+        return True
+
+    def _lost_leadership(self, shard: int) -> None:
         """Another replica may be leading already: stop every write by ending the process."""
-        self._leading.clear()
-        metrics.IS_LEADER.set(0)
-        self.log.error("controller.exit", reason="leader Lease lost; stopping all writes")
+        with self._held_lock:
+            self._held = frozenset()
+        shards.publish(frozenset(), self.cfg.controller.shards)
+        reason = "leader Lease lost; stopping all writes"
+        if self.cfg.controller.shards > 1:
+            reason = f"Lease of shard {shard} lost; stopping all writes"
+        self.log.error("controller.exit", reason=reason)
         self._exit_now(1)
 
     def _exit_now(self, code: int) -> None:
@@ -378,7 +436,23 @@ class Controller:
 
     @property
     def is_leader(self) -> bool:
-        return self._leading.is_set()
+        """Holds at least one shard (the leader Lease with one)."""
+        return bool(self.held_shards())
+
+    def _shard_view(self) -> ui.ShardView | None:
+        count = self.cfg.controller.shards
+        if count == 1:
+            return None
+        return ui.ShardView(count=count, held=tuple(sorted(self.held_shards())))
+
+    def held_shards(self) -> frozenset[int]:
+        with self._held_lock:
+            return self._held
+
+    def _runs(self, app: str) -> bool:
+        """This replica syncs ``app``: it holds the app's shard and is not stopping."""
+        runner = self.runners.get(app)
+        return runner is not None and runner.shard in self.held_shards()
 
     # --- one app -------------------------------------------------------------------------
 
@@ -390,9 +464,10 @@ class Controller:
             runner.pending = False
         try:
             while True:
-                if self.stopping.is_set() or not self.is_leader:
+                if self.stopping.is_set() or not self._runs(name):
                     return
-                self._sync_once(runner)
+                with bound_contextvars(replica=self.identity, shard=runner.shard):
+                    self._sync_once(runner)
                 with runner.lock:
                     if not runner.pending:
                         return
@@ -431,6 +506,8 @@ class Controller:
             now=time.time(),
         )
         self._emit(runner, result)
+        # With the engine's sync.started: the span in which this replica wrote for the app.
+        log.get(app=app.name).info("sync.finished", result=result.result)
         self._schedule_retry(runner, result)
         self._collect_git_cache()
 
@@ -496,9 +573,11 @@ class Controller:
 
     # --- drift watchers ------------------------------------------------------------------
 
-    def _start_drift_watchers(self) -> None:
+    def _start_drift_watchers(self, runners: Iterable[_AppRunner]) -> None:
         """A watcher that cannot start is logged; syncing goes on without it."""
-        for runner in self.runners.values():
+        for runner in runners:
+            if runner.drift is not None:
+                continue  # still running from before a hand-off that did not happen
             try:
                 # With selfHeal a watcher writes: one more reason it runs on the leader only.
                 # It keeps gitsync_drift_objects{app} itself.
@@ -516,11 +595,12 @@ class Controller:
                 log.get(app=runner.app.name).exception("drift.failed", error=str(e))
                 runner.drift = None
 
-    def _stop_drift_watchers(self) -> None:
+    def _stop_drift_watchers(self, runners: Iterable[_AppRunner] | None = None) -> None:
         """Stop all at once (each may wait for its streams), before the Lease is released."""
+        chosen = list(self.runners.values() if runners is None else runners)
         stoppers = [
-            threading.Thread(target=r.drift.stop, name=f"stop-drift-{n}", daemon=True)
-            for n, r in self.runners.items()
+            threading.Thread(target=r.drift.stop, name=f"stop-drift-{r.app.name}", daemon=True)
+            for r in chosen
             if r.drift is not None
         ]
         for t in stoppers:
@@ -528,9 +608,10 @@ class Controller:
         deadline = time.monotonic() + 15
         for t in stoppers:
             t.join(max(0.0, deadline - time.monotonic()))
-        for r in self.runners.values():
+        for r in chosen:
             r.drift = None
-        self.informers.stop()
+        if runners is None:  # all of them: the shared watches go too
+            self.informers.stop()
 
     # --- what the HTTP server asks -------------------------------------------------------
 
@@ -539,7 +620,7 @@ class Controller:
 
     def trigger(self, app: str) -> str:
         """Sync ``app`` now; if it is syncing, once more right after."""
-        if not self.is_leader or self.stopping.is_set():
+        if not self._runs(app) or self.stopping.is_set():
             return "standby"
         runner = self.runners[app]
         with runner.lock:
@@ -556,7 +637,7 @@ class Controller:
         """What this process knows about an app's job, for the status page; None on a
         standby (its runners never ran)."""
         runner = self.runners.get(name)
-        if runner is None or not self.is_leader:
+        if runner is None or not self._runs(name):
             return None
         with runner.lock:
             since = runner.running_since
@@ -578,7 +659,7 @@ class Controller:
         return watcher.current() if watcher is not None else None
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        alive = self._elector_thread is None or self._elector_thread.is_alive()
+        alive = self.shards is None or self.shards.alive()
         alive = alive or self.stopping.is_set()
         return alive, {"status": "ok" if alive else "leader election loop died"}
 
@@ -598,10 +679,18 @@ class Controller:
                 stuck.append(name)
         leader = self.is_leader
         detail: dict[str, Any] = {"leader": leader, "apps": apps}
-        if self.elector is not None:
-            detail["identity"] = self.elector.spec.identity
-            detail["holder"] = self.elector.holder()
-            detail["lease_renew_seconds"] = self.elector.renew_stats()
+        if self.shards is not None:
+            detail["identity"] = self.identity
+            holders = self.shards.holders()
+            detail["holder"] = holders["0"]
+            detail["lease_renew_seconds"] = self.shards.renew_stats()
+            if self.shards.count > 1:
+                detail["shards"] = {
+                    "count": self.shards.count,
+                    "held": sorted(self.held_shards()),
+                    "holders": holders,
+                    "members": self.shards.live_members(),
+                }
         problems = []
         if self.stopping.is_set():
             problems.append("shutting down")
@@ -609,9 +698,10 @@ class Controller:
             problems.append(f"sync running longer than {self.stuck_after:g}s: {', '.join(stuck)}")
         if leader and not self.scheduler.running:
             problems.append("scheduler is not running")
-        if not leader and self.elector is not None:
-            ok, error = self.elector.healthy()
-            if not ok and now - self._started > self.elector.spec.retry_period * 3:
+        if not leader and self.shards is not None:
+            ok, error = self.shards.healthy()
+            retry = self.cfg.controller.leader_election.retry_period
+            if not ok and now - self._started > retry * 3:
                 problems.append(f"standby cannot reach the Lease: {error or 'no answer yet'}")
         detail["problems"] = problems
         return not problems, detail

@@ -15,10 +15,16 @@ the candidate's own clock, so clock skew between replicas does not matter. Every
 carries the resourceVersion read, so two candidates can never both win.
 ``renew_deadline < lease_duration`` leaves the old leader time to stop before anyone else
 may start.
+
+Sharding (gitsync.runtime.shards) runs one elector per shard Lease. It passes
+``may_acquire``, asked before every attempt to take a free or expired Lease with how long
+it has looked free, and ``acquire_lock``, shared by a replica's electors so that their
+attempts (and the count of shards held that ``may_acquire`` reads) never interleave.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import random
@@ -36,13 +42,13 @@ from gitsync.kube import Kube, Resource
 from gitsync.model import KubeObject, ObjectRef
 from gitsync.runtime import events, metrics
 
-_LEASES = Resource(
+LEASES = Resource(
     group="coordination.k8s.io",
     version="v1",
     kind="Lease",
     plural="leases",
     namespaced=True,
-    verbs=frozenset({"get", "create", "update"}),
+    verbs=frozenset({"get", "list", "create", "update", "delete"}),
 )
 _LATENCY_WINDOW = 2048
 
@@ -53,7 +59,7 @@ def default_identity() -> str:
     return f"{base}_{uuid.uuid4().hex[:8]}"
 
 
-def _micro_time() -> str:
+def micro_time() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
@@ -97,8 +103,12 @@ class LeaderElector:
         on_started: Callable[[], None],
         on_lost: Callable[[], None],
         logger: Any,
+        may_acquire: Callable[[float], bool] | None = None,
+        acquire_lock: threading.Lock | None = None,
     ) -> None:
         self._kube = kube
+        self._may_acquire = may_acquire
+        self._acquire_lock = acquire_lock
         self.spec = spec
         self._on_started = on_started
         self._on_lost = on_lost
@@ -109,6 +119,7 @@ class LeaderElector:
         self._last_contact = 0.0
         self._observed: tuple[str, str, str] | None = None
         self._observed_at = 0.0
+        self._free_since: float | None = None  # first seen free or expired (monotonic)
         self._error = ""
         self._lease: KubeObject | None = None  # our last write, for the one-call renewal
         self._lost = False
@@ -131,6 +142,18 @@ class LeaderElector:
     def holder(self) -> str:
         with self._lock:
             return self._observed[0] if self._observed else ""
+
+    @property
+    def lost(self) -> bool:
+        """Led once and lost it: the process is on its way out."""
+        with self._lock:
+            return self._lost
+
+    def claimed(self) -> bool:
+        """Leading, or just won the Lease (the last write was ours) and about to lead."""
+        with self._lock:
+            won = self._observed is not None and self._observed[0] == self.spec.identity
+            return self._leader or (won and not self._lost)
 
     def write_fence(self) -> str:
         """Why this process must not write now ("" while it holds a fresh Lease)."""
@@ -247,7 +270,7 @@ class LeaderElector:
             spec = (lease or {}).get("spec") or {}
             if lease is None or spec.get("holderIdentity") != self.spec.identity:
                 return False
-            now = _micro_time()
+            now = micro_time()
             lease["spec"] = spec | {
                 "holderIdentity": "",
                 "leaseDurationSeconds": 1,
@@ -277,10 +300,21 @@ class LeaderElector:
             else:
                 self._contact("")
                 return True
+        gate = self._acquire_lock if not self.is_leader else None
+        with gate or contextlib.nullcontext():
+            return self._read_and_take()
+
+    def _read_and_take(self) -> bool:
+        """Read the Lease; renew it if ours, take it if free or expired and allowed."""
         try:
             lease = self._get()
             if lease is None:
+                if not self._allowed(time.monotonic()):
+                    return False
                 self._create()
+                with self._lock:
+                    self._observed = (self.spec.identity, "", "")
+                    self._observed_at = time.monotonic()
                 self._contact("")
                 return True
             spec = lease.get("spec") or {}
@@ -295,12 +329,16 @@ class LeaderElector:
             self._contact("")
             duration = float(spec.get("leaseDurationSeconds") or self.spec.lease_duration)
             if holder and holder != self.spec.identity and now < observed_at + duration:
+                with self._lock:
+                    self._free_since = None
+                return False
+            if holder != self.spec.identity and not self._allowed(now):
                 return False
             renewed: dict[str, Any] = {
                 **spec,
                 "holderIdentity": self.spec.identity,
                 "leaseDurationSeconds": math.ceil(self.spec.lease_duration),
-                "renewTime": _micro_time(),
+                "renewTime": micro_time(),
             }
             if holder != self.spec.identity:
                 renewed["acquireTime"] = renewed["renewTime"]
@@ -318,10 +356,18 @@ class LeaderElector:
             return False
         return True
 
+    def _allowed(self, now: float) -> bool:
+        """Ask ``may_acquire`` with how long the Lease has looked free to this elector."""
+        with self._lock:
+            if self._free_since is None:
+                self._free_since = now
+            free_for = now - self._free_since
+        return self._may_acquire is None or self._may_acquire(free_for)
+
     def _write(self, lease: KubeObject, *, renew_only: bool) -> KubeObject:
         """PUT the Lease (a fresh renewTime when ``renew_only``); remember what we wrote."""
         if renew_only:
-            lease = {**lease, "spec": {**lease["spec"], "renewTime": _micro_time()}}
+            lease = {**lease, "spec": {**lease["spec"], "renewTime": micro_time()}}
         out = self._replace(lease)
         with self._lock:
             self._observed = (
@@ -357,7 +403,7 @@ class LeaderElector:
     def _path(self, *, named: bool = True) -> str:
         """Built without discovery: a renewal makes no call but the Lease's own."""
         ref = self.spec.ref
-        return _LEASES.path(ref.namespace, ref.name if named else "")
+        return LEASES.path(ref.namespace, ref.name if named else "")
 
     def _get(self) -> KubeObject | None:
         try:
@@ -375,7 +421,7 @@ class LeaderElector:
         return out
 
     def _create(self) -> KubeObject:
-        now = _micro_time()
+        now = micro_time()
         body: KubeObject = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",

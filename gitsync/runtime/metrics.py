@@ -50,7 +50,12 @@ REVISION_INFO = Gauge(
 )
 IS_LEADER = Gauge(
     "gitsync_leader",
-    "1 while this process holds the leader Lease and may write to the cluster.",
+    "1 while this process holds the leader Lease (with shards: at least one shard Lease).",
+)
+SHARD_HELD = Gauge(
+    "gitsync_shard_held",
+    "1 for each shard whose Lease this process holds (it syncs that shard's apps), else 0.",
+    ["shard"],
 )
 GIT_CACHE_BYTES = Gauge(
     "gitsync_git_cache_bytes",
@@ -95,35 +100,21 @@ class _InformerCollector(Collector):
     def __init__(self) -> None:
         self.hub: Informers | None = None
 
+    _FAMILIES = (
+        (GaugeMetricFamily, "gitsync_informer_objects", "Objects one shared informer holds."),
+        (GaugeMetricFamily, "gitsync_informer_bytes", "Bytes of JSON one shared informer holds."),
+        (CounterMetricFamily, "gitsync_informer_lists", "LISTs one informer made, relists too."),
+        (CounterMetricFamily, "gitsync_informer_relists", "LISTs after 410 Gone or a reconnect."),
+        (CounterMetricFamily, "gitsync_informer_watches", "WATCH requests one informer opened."),
+    )
+
     def collect(self) -> Iterator[Metric]:
-        objects = GaugeMetricFamily(
-            "gitsync_informer_objects", "Objects one shared informer holds.", labels=["informer"]
-        )
-        size = GaugeMetricFamily(
-            "gitsync_informer_bytes",
-            "Bytes of JSON one shared informer holds.",
-            labels=["informer"],
-        )
-        lists = CounterMetricFamily(
-            "gitsync_informer_lists",
-            "LISTs one shared informer made (relists included).",
-            labels=["informer"],
-        )
-        relists = CounterMetricFamily(
-            "gitsync_informer_relists", "LISTs after 410 Gone or a reconnect.", labels=["informer"]
-        )
-        watches = CounterMetricFamily(
-            "gitsync_informer_watches",
-            "WATCH requests one shared informer opened.",
-            labels=["informer"],
-        )
-        for target, informer in self.hub.by_target() if self.hub is not None else ():
-            objects.add_metric([target.name], len(informer.store))
-            size.add_metric([target.name], informer.store.raw_bytes())
-            lists.add_metric([target.name], informer.lists)
-            relists.add_metric([target.name], informer.relists)
-            watches.add_metric([target.name], informer.watches)
-        yield from (objects, size, lists, relists, watches)
+        families = [cls(name, doc, labels=["informer"]) for cls, name, doc in self._FAMILIES]
+        for target, i in self.hub.by_target() if self.hub is not None else ():
+            values = (len(i.store), i.store.raw_bytes(), i.lists, i.relists, i.watches)
+            for family, value in zip(families, values, strict=True):
+                family.add_metric([target.name], value)
+        yield from families
 
 
 _INFORMERS = _InformerCollector()

@@ -73,6 +73,14 @@ class Source(Protocol):
     def app(self, name: str) -> AppOverview | None: ...
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShardView:
+    """The shards of ``controller.shards`` this replica holds, for the page's header."""
+
+    count: int
+    held: tuple[int, ...]
+
+
 class Pages:
     """The routes the HTTP server hands over; ``None`` for a path that is not ours."""
 
@@ -82,9 +90,12 @@ class Pages:
         *,
         leader: Callable[[], bool] = lambda: True,
         refresh: int = REFRESH_SECONDS,
+        shards: Callable[[], ShardView | None] = lambda: None,
     ) -> None:
+        """``shards``: which shards this replica holds (None without sharding)."""
         self.overview = overview
         self.leader = leader
+        self.shards = shards
         self.refresh = refresh
 
     def get(self, path: str) -> Response | None:
@@ -101,6 +112,7 @@ class Pages:
                 now=datetime.now(UTC),
                 leader=self.leader(),
                 refresh=self.refresh,
+                shards=self.shards(),
             )
             return Response(
                 status=HTTPStatus.OK,
@@ -114,6 +126,9 @@ class Pages:
                 "leader": self.leader(),
                 "generated": _now(),
             }
+            shards = self.shards()
+            if shards is not None:
+                body["shards"] = {"count": shards.count, "held": list(shards.held)}
             return _json(HTTPStatus.OK, body)
         if path.startswith("/api/apps/"):
             found = self.overview.app(path.removeprefix("/api/apps/"))
@@ -161,10 +176,22 @@ tr.rollback td{background:#fbefff}
 
 
 def render_page(
-    apps: list[AppOverview], *, now: datetime, leader: bool = True, refresh: int = REFRESH_SECONDS
+    apps: list[AppOverview],
+    *,
+    now: datetime,
+    leader: bool = True,
+    refresh: int = REFRESH_SECONDS,
+    shards: ShardView | None = None,
 ) -> str:
     """The whole page: the app list, then each app's drift and timeline."""
     role = "leader" if leader else "standby (no syncs run here; timings come from the leader)"
+    if shards is not None:
+        held = ", ".join(str(i) for i in shards.held)
+        role = (
+            f"holds shard(s) {held} of {shards.count} (the other apps sync on other replicas)"
+            if held
+            else f"holds none of {shards.count} shards (standby)"
+        )
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',

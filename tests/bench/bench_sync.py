@@ -100,9 +100,8 @@ def _write(files: dict[str, str], root: Path) -> None:
 
 
 @contextlib.contextmanager
-def cluster(kubeconfig: str | None, node_pods: int = 110) -> Iterator[tuple[Path, Path]]:
-    """(kubeconfig, kubectl) of a given cluster, or of one started for this run with
-    ``node_pods`` Pods per KWOK node (every Deployment's Pod must schedule)."""
+def cluster(kubeconfig: str | None, *, node_pods: str = "110") -> Iterator[tuple[Path, Path]]:
+    """(kubeconfig, kubectl) of a given cluster, or of one started for this run."""
     bin_dir = resolve_bin_dir()
     if kubeconfig:
         yield Path(kubeconfig), bin_dir / "kubectl"
@@ -110,10 +109,7 @@ def cluster(kubeconfig: str | None, node_pods: int = 110) -> Iterator[tuple[Path
     with tempfile.TemporaryDirectory(prefix="gitsync-bench-") as tmp:
         dev = DevCluster(
             ClusterConfig(
-                work_dir=Path(tmp),
-                bin_dir=bin_dir,
-                die_with_parent=True,
-                node_pods=str(node_pods),
+                work_dir=Path(tmp), bin_dir=bin_dir, die_with_parent=True, node_pods=node_pods
             )
         )
         with dev:
@@ -197,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
     # Both copies' Deployments (a tenth of the objects each), one Pod each, on 3 nodes.
     pods = max(110, args.objects // 10 * args.replicas)
     with (
-        cluster(args.kubeconfig, pods) as (kubeconfig, kubectl),
+        cluster(args.kubeconfig, node_pods=str(pods)) as (kubeconfig, kubectl),
         tempfile.TemporaryDirectory() as tmp,
     ):
         work = Path(tmp)

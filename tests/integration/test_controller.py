@@ -7,7 +7,7 @@ import json
 import signal
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -48,18 +48,6 @@ def app_config(name: str, repo: str, ns: str, **extra: Any) -> dict[str, Any]:
 @pytest.fixture
 def state_ns(namespace_factory: Callable[[], str]) -> str:
     return namespace_factory()
-
-
-@pytest.fixture
-def blackhole() -> Iterator[str]:
-    """An http URL whose server accepts connections and never answers: a hung Git host."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(16)
-    try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}/hung.git"
-    finally:
-        sock.close()
 
 
 def test_run_syncs_two_apps_and_follows_new_commits_while_a_third_hangs(

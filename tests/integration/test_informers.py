@@ -153,3 +153,65 @@ def test_pods_are_found_by_owner_without_listing_a_namespace(
         what="both Pods by their owner",
     )
     assert {p["metadata"]["namespace"] for p in owned} == {namespace}
+
+
+def test_a_kind_served_after_the_informer_started_is_found_when_asked_for(
+    kube: Kube, kubectl: Kubectl, namespace: str
+) -> None:
+    """A CRD applied after its informer gave up: the next ask looks again at once, not
+    after ``missing_kind_retry``."""
+    group = f"{namespace}.informers.test"
+    hub = Informers(kube, settings=InformerSettings(missing_kind_retry=600))
+    try:
+        informer = hub.managed(group, "Gadget")
+        assert informer.wait_synced(30)
+        assert len(informer.store) == 0
+        crd = {
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": f"gadgets.{group}"},
+            "spec": {
+                "group": group,
+                "names": {"kind": "Gadget", "plural": "gadgets", "singular": "gadget"},
+                "scope": "Namespaced",
+                "versions": [
+                    {
+                        "name": "v1",
+                        "served": True,
+                        "storage": True,
+                        "schema": {
+                            "openAPIV3Schema": {
+                                "type": "object",
+                                "x-kubernetes-preserve-unknown-fields": True,
+                            }
+                        },
+                    }
+                ],
+            },
+        }
+        kubectl("apply", "--server-side", "-f", "-", input=json.dumps(crd))
+        kubectl("wait", "--for=condition=Established", f"crd/gadgets.{group}", "--timeout=60s")
+        gadget = {
+            "apiVersion": f"{group}/v1",
+            "kind": "Gadget",
+            "metadata": {"name": "g", "namespace": namespace, "labels": {APP_LABEL: "x"}},
+        }
+        wait_until(
+            lambda: (
+                kubectl(
+                    "apply", "--server-side", "-f", "-", input=json.dumps(gadget), check=False
+                ).returncode
+                == 0
+            ),
+            timeout=30,
+            what="the Gadget created",
+        )
+        found = wait_until(
+            lambda: hub.managed(group, "Gadget").store.has((group, "Gadget", namespace, "g")),
+            timeout=30,
+            what="the new kind listed on demand",
+        )
+        assert found
+    finally:
+        hub.stop()
+        kubectl("delete", "crd", f"gadgets.{group}", "--wait=false", check=False)

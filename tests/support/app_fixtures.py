@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ import pytest
 
 from gitsync import config
 from gitsync.engine.sync import Context, SyncResult, sync_app
+from gitsync.informers.hub import Informers
 from gitsync.kube import Kube
 from gitsync.model import ObjectRef
 from tests.support.repos import BareRepo
@@ -65,14 +67,26 @@ def neighbour(app: App, make_repo: Callable[..., BareRepo], tmp_path: Path) -> A
     return App(name=name, ns=app.ns, repo=make_repo(name), ctx=ctx)
 
 
+# Set to 1 to sync every ``app`` as the controller does, with shared informers (on a
+# client of their own, so ``kube.calls`` still counts the sync alone).
+INFORMERS_ENV = "GITSYNC_TEST_INFORMERS"
+
+
 @pytest.fixture
-def app(kube: Kube, make_repo: Callable[..., BareRepo], tmp_path: Path) -> Iterator[App]:
+def app(
+    kube: Kube, kubeconfig: Path, make_repo: Callable[..., BareRepo], tmp_path: Path
+) -> Iterator[App]:
     """A fresh app with unique name, namespace, CRD group and state namespace."""
     suffix = uuid.uuid4().hex[:6]
     name, ns = f"app-{suffix}", f"gs-{suffix}"
-    ctx = Context(kube=kube, cache_dir=tmp_path / "cache", state_namespace=f"gs-state-{suffix}")
+    hub = Informers(Kube.connect(kubeconfig=kubeconfig)) if os.environ.get(INFORMERS_ENV) else None
+    ctx = Context(
+        kube=kube, cache_dir=tmp_path / "cache", state_namespace=f"gs-state-{suffix}", informers=hub
+    )
     the_app = App(name=name, ns=ns, repo=make_repo(name), ctx=ctx)
     yield the_app
+    if hub is not None:
+        hub.stop()
     for n in (ns, ctx.state_namespace):
         kube.delete(ref("Namespace", n))
     kube.delete(

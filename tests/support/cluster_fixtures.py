@@ -1,7 +1,8 @@
 """The real local Kubernetes control plane as pytest fixtures (a plugin, see tests/conftest.py).
 
     cluster      session: a DevCluster started once per run (``ClusterHandle``), or the one
-                 whose kubeconfig is in $GITSYNC_TEST_KUBECONFIG (then ``cluster.dev`` is None)
+                 whose kubeconfig is in $GITSYNC_TEST_KUBECONFIG (then ``cluster.dev`` is None);
+                 a DevCluster keeps an audit log of ConfigMap and Secret writes
     kubeconfig   session: path of the admin kubeconfig
     kubectl      session: ``kubectl("get", "pods", "-n", ns)`` -> CompletedProcess[str];
                  raises ``KubectlError`` (with stderr) on failure unless ``check=False``
@@ -36,6 +37,18 @@ CLUSTER_FIXTURES = frozenset(
     {"cluster", "kubeconfig", "kubectl", "k8s_api", "namespace", "namespace_factory"}
 )
 T = TypeVar("T")
+# The apiserver logs who wrote ConfigMaps and Secrets (metadata only, never their data),
+# so a test can audit writers by User-Agent (``cluster.dev.audit_log``); nothing else.
+AUDIT_POLICY = """\
+apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages: [RequestReceived]
+rules:
+  - level: Metadata
+    verbs: [create, update, patch, delete]
+    resources: [{group: "", resources: [configmaps, secrets]}]
+  - level: None
+"""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -138,8 +151,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ClusterHandle]
         )
         return
     began = time.monotonic()
+    policy = tmp_path_factory.mktemp("audit") / "policy.yaml"
+    policy.write_text(AUDIT_POLICY)
     dev = DevCluster(
-        ClusterConfig(work_dir=tmp_path_factory.mktemp("devcluster"), die_with_parent=True)
+        ClusterConfig(
+            work_dir=tmp_path_factory.mktemp("devcluster"),
+            die_with_parent=True,
+            audit_policy=policy,
+        )
     )
     with dev:
         yield ClusterHandle(

@@ -9,6 +9,7 @@ repo made with ``make_repo`` is reachable over every transport:
     git_http.url(repo)                       # http://127.0.0.1:PORT/app-1a2b.git (basic auth)
     git_http.url(repo, v0=True)              # same, but the server speaks protocol v0 only
     git_sshd.url(repo)                       # ssh://root@127.0.0.1:PORT/abs/path/app-1a2b.git
+    blackhole                                # an http URL that accepts and never answers
 
 Servers are session-scoped and stopped (with every child process) at teardown;
 repos are function-scoped, each with a unique name.
@@ -452,3 +453,15 @@ def black_hole() -> Iterator[BlackHole]:
         for conn in held:
             conn.close()
         listener.close()
+
+
+@pytest.fixture
+def blackhole() -> Iterator[str]:
+    """An http URL whose server accepts connections and never answers: a hung Git host."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(16)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/hung.git"
+    finally:
+        sock.close()

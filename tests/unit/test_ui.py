@@ -412,3 +412,11 @@ def test_watch_redraws_only_on_change_and_ctrl_c_exits_0(
     text = out.getvalue()
     assert text.count("\x1b[H\x1b[2J") == 2
     assert text.index("one") < text.index("two")
+
+
+def test_with_shards_the_header_says_which_this_replica_holds() -> None:
+    """controller.shards > 1: the page names the held shards, or says it holds none."""
+    held = ui.render_page([], now=NOW, shards=ui.ShardView(count=6, held=(1, 4)))
+    assert "holds shard(s) 1, 4 of 6" in held
+    none = ui.render_page([], now=NOW, leader=False, shards=ui.ShardView(count=6, held=()))
+    assert "holds none of 6 shards (standby)" in none
