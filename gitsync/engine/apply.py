@@ -55,10 +55,17 @@ class AppliedSet:
     written: tuple[ObjectRef, ...]
     failures: tuple[Failure, ...]
     objects: tuple[KubeObject, ...]
+    # Unchanged objects the plan left in the informer cache: decoded only if asked.
+    cached: tuple[Callable[[], KubeObject | None], ...] = ()
 
     @property
     def ok(self) -> bool:
         return not self.failures
+
+    def live_objects(self) -> list[KubeObject]:
+        """``objects`` and the cached unchanged ones (as the cache holds them now)."""
+        later = (load() for load in self.cached)
+        return [*self.objects, *(o for o in later if o is not None)]
 
 
 Progress = Callable[[int, int], None]
@@ -90,6 +97,7 @@ def apply_plan(
     entries: list[InventoryEntry] = []
     written: list[ObjectRef] = []
     objects: list[KubeObject] = []
+    cached: list[Callable[[], KubeObject | None]] = []
     failures: list[Failure] = []
     wave: list[KubeObject] = []  # written in the current wave, to gate before the next
     for i, stage in enumerate(stages):
@@ -103,10 +111,7 @@ def apply_plan(
         todo = [(c, m) for c, m in pairs if c.action is not Action.UNCHANGED]
         for c, m in pairs:
             if c.action is Action.UNCHANGED:
-                live = c.live or {}
-                entries.append(_entry(m, live, manager))
-                if c.live is not None:  # None: a finished Job its TTL removed
-                    objects.append(live)
+                _unchanged(c, m, manager, entries=entries, objects=objects, cached=cached)
         if not todo:
             continue
         with ThreadPoolExecutor(max_workers=min(workers, len(todo))) as pool:
@@ -134,6 +139,7 @@ def apply_plan(
         written=tuple(written),
         failures=tuple(failures),
         objects=tuple(objects),
+        cached=tuple(cached),
     )
 
 
@@ -161,6 +167,27 @@ def _gate_wave(
         f"{verdict.reason}",
         commit_fault=True,
     )
+
+
+def _unchanged(
+    c: Change,
+    m: Manifest,
+    manager: str,
+    *,
+    entries: list[InventoryEntry],
+    objects: list[KubeObject],
+    cached: list[Callable[[], KubeObject | None]],
+) -> None:
+    """Record an object the plan found unchanged, as it is live."""
+    if c.recorded is not None and c.cached is not None:
+        # Unchanged by the informer cache: its entry stands, nothing is decoded.
+        entries.append(c.recorded)
+        cached.append(c.cached)
+        return
+    live = c.live or {}
+    entries.append(_entry(m, live, manager))
+    if c.live is not None:  # None: a finished Job its TTL removed
+        objects.append(live)
 
 
 def _entry(manifest: Manifest, live: KubeObject, manager: str) -> InventoryEntry:

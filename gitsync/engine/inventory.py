@@ -17,13 +17,16 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gitsync.engine import statestore
 from gitsync.engine.statestore import STATE_KEY
 from gitsync.errors import ConflictError, StateError
 from gitsync.kube import Kube
 from gitsync.model import KubeObject, ObjectRef
+
+if TYPE_CHECKING:  # the hub imports statestore, which this module imports
+    from gitsync.informers.hub import Informers
 
 HISTORY_LIMIT = 20
 
@@ -178,9 +181,12 @@ def secret_name(app: str) -> str:
     return statestore.head_name(app)
 
 
-def read_state(kube: Kube, *, app: str, namespace: str) -> AppState:
-    """The stored state, or an empty one when the app was never synced."""
-    stored = statestore.load(kube, app=app, namespace=namespace)
+def read_state(
+    kube: Kube, *, app: str, namespace: str, informers: Informers | None = None
+) -> AppState:
+    """The stored state, or an empty one when the app was never synced (with
+    ``informers``, maybe from their caches: see ``statestore``)."""
+    stored = statestore.load(kube, app=app, namespace=namespace, informers=informers)
     if stored.blob is None:
         return AppState(app=app, resource_version=stored.resource_version)
     try:

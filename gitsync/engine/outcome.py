@@ -103,7 +103,10 @@ class Record:
         with contextlib.suppress(GitSyncError):
             if not sha:
                 self.state = self.stored = inventory.read_state(
-                    self.ctx.kube, app=self.app.name, namespace=self.ctx.state_namespace
+                    self.ctx.kube,
+                    app=self.app.name,
+                    namespace=self.ctx.state_namespace,
+                    informers=self.ctx.informers,
                 )
             last = self.state.history[-1] if self.state.history else None
             if last is None or (last.sha, last.result, last.reason) != (sha, "failed", str(error)):

@@ -3,7 +3,9 @@
 An object belongs to an app when its ``gitsync.io/app`` label names it, or when that
 app's inventory (or write-ahead record) lists it. Labels are on the object already read;
 inventories are read from the other apps' state, lazily and once per sync, only when an
-object is about to be taken over or deleted.
+object is about to be taken over or deleted. Which apps have a state is read from the
+controller's informer of state heads when there is one (a LIST otherwise); their states
+themselves always from the API: a claim must never be missed for a cache's lag.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from dataclasses import dataclass, field
 from gitsync.engine import inventory
 from gitsync.engine.statestore import STATE_LABEL
 from gitsync.errors import GitSyncError
+from gitsync.informers.hub import Informers
 from gitsync.kube import Kube
 from gitsync.model import APP_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Identity, KubeObject
 
@@ -36,6 +39,8 @@ class Owners:
     state_namespace: str
     # Apps this app may take objects from (``apps[].adoptFrom``).
     adopt_from: Collection[str] = ()
+    # The controller's informers: the other apps' heads are found there, not LISTed.
+    informers: Informers | None = None
     _claims: Mapping[Identity, str] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -55,15 +60,26 @@ class Owners:
             return ""
         return other
 
-    def _read(self) -> dict[Identity, str]:
+    def _apps(self) -> set[str]:
+        """Every app with a state in the state namespace."""
+        if self.informers is not None:
+            heads = self.informers.state_heads(self.state_namespace)
+            if heads.synced and not heads.forbidden:  # forbidden: synced, but empty
+                return {
+                    str(heads.store.memo(ident, "state-of", _state_of) or "")
+                    for ident in heads.store.idents()
+                }
         res = self.kube.discover().resource("", "v1", "Secret")
         if res is None:
-            return {}
-        heads, _ = self.kube.list_objects(
+            return set()
+        listed, _ = self.kube.list_objects(
             res, namespace=self.state_namespace, label_selector=STATE_LABEL
         )
+        return {_state_of(h) for h in listed}
+
+    def _read(self) -> dict[Identity, str]:
         claims: dict[Identity, str] = {}
-        apps = {str((h["metadata"].get("labels") or {}).get(STATE_LABEL) or "") for h in heads}
+        apps = self._apps()
         for other in sorted(apps - {"", self.app}):
             try:
                 state = inventory.read_state(self.kube, app=other, namespace=self.state_namespace)
@@ -72,3 +88,7 @@ class Owners:
             for entry in (*state.inventory, *state.pending):
                 claims.setdefault(entry.ref.identity(), other)
         return claims
+
+
+def _state_of(head: KubeObject) -> str:
+    return str(((head.get("metadata") or {}).get("labels") or {}).get(STATE_LABEL) or "")

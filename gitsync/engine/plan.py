@@ -4,6 +4,16 @@ Desired state is the server-side-apply dry-run result, not the raw manifest: bot
 of the diff are then defaulted by the same API server, so a resync of an unchanged commit
 shows nothing. Objects whose manifest and owned-field fingerprint match what the last
 sync recorded are ``unchanged`` without any call beyond one LIST per kind.
+
+With the controller's informers, the live side comes from their caches, under one rule:
+the cache may decide *unchanged* (the fingerprint, memoized per object version, equals the
+recorded one: a no-op round makes no call and decodes nothing), but whatever leads to a
+write or a delete is confirmed against the API. Objects the cache does not show as
+unchanged (creates, drifted objects, stale inventory entries, label backstop candidates)
+are read again with a GET when there are few, else with today's labelled LIST of their
+kinds. A cache that lags can thus only delay a change by a round: it never makes an
+object another app owns look like ours, nor an inventory entry whose object still exists
+look gone.
 """
 
 from __future__ import annotations
@@ -32,6 +42,8 @@ from gitsync.engine.inventory import AppState, InventoryEntry
 from gitsync.engine.ownership import Owners
 from gitsync.errors import ApplyError, ConflictError, InvalidError, KubeError
 from gitsync.fields import content_hash, fingerprint, upgraded_managed_fields
+from gitsync.informers.hub import HPA, Informers
+from gitsync.informers.store import Store
 from gitsync.kube import Kube, Resource
 from gitsync.model import (
     APP_LABEL,
@@ -101,6 +113,10 @@ class Change:
     sent: KubeObject | None = field(default=None, repr=False, compare=False)
     # Fields another manager owns that this apply takes back, e.g. 'kubectl-edit: .spec.x'.
     conflicts: tuple[str, ...] = ()
+    # UNCHANGED by the informer cache: ``live`` is None, ``recorded`` is its inventory
+    # entry as it stands, and ``cached`` decodes the object if someone needs it (the gate).
+    recorded: InventoryEntry | None = None
+    cached: Callable[[], KubeObject | None] | None = field(default=None, repr=False, compare=False)
 
     @property
     def body(self) -> KubeObject:
@@ -191,9 +207,15 @@ def _field_diff(parts: FieldPath, *, live: Any, desired: Any, secret: bool) -> F
 
 @dataclass(frozen=True, slots=True)
 class LiveIndex:
-    """The app's live objects, found with one labelled LIST per kind."""
+    """The app's live objects, found with one labelled LIST per kind, or confirmed with
+    the API after an informer lookup; ``cached`` are the app's objects the informer cache
+    found unchanged (not read again, not in ``objects``)."""
 
     objects: dict[Identity, KubeObject]
+    cached: frozenset[Identity] = frozenset()
+
+    def has(self, ident: Identity) -> bool:
+        return ident in self.objects or ident in self.cached
 
 
 def list_live(kube: Kube, app: str, resources: Iterable[Resource]) -> LiveIndex:
@@ -248,11 +270,14 @@ def make_plan(
     owners: Owners | None = None,
     ignore: Sequence[IgnoreRule] = (),
     workers: int = 16,
+    informers: Informers | None = None,
 ) -> Plan:
     """Compare the desired set with the cluster; only ``kube`` reads, nothing is written.
 
     Discovery is taken as cached: the caller refreshed it before rendering. With
-    ``owners``, an object another gitsync app owns is refused, naming both apps.
+    ``owners``, an object another gitsync app owns is refused, naming both apps. With
+    ``informers`` whose caches of every kind involved are synced, the live side comes
+    from them as the module docstring says; otherwise from one labelled LIST per kind.
     """
     known: dict[Identity, InventoryEntry] = {e.ref.identity(): e for e in state.inventory}
     desired_ids = {m.ref.identity() for m in manifests.manifests}
@@ -282,10 +307,24 @@ def make_plan(
         res = _served(kube, e.ref, refresh=False)
         if res is not None:
             resources.append(res)
-    live = list_live(kube, app, resources)
-    new_namespaces = _new_namespaces(kube, manifests, live)
     manager = field_manager(app)
-    autoscaled = _Autoscaled(kube, manifests)
+    stores = _synced_stores(informers, resources) if informers is not None else None
+    early: dict[Identity, Change] = {}
+    if stores is None:
+        live = list_live(kube, app, resources)
+    else:
+        early, live = _from_cache(
+            kube,
+            app,
+            stores,
+            ready=ready,
+            known=known,
+            doubtful=[*stale, *unsettled],
+            recorded=_recorded(state, desired_ids),
+            manager=manager,
+        )
+    new_namespaces = _new_namespaces(kube, manifests, live)
+    autoscaled = _Autoscaled(kube, manifests, informers)
 
     def leave(m: Manifest) -> Callable[[KubeObject | None], tuple[FieldPath, ...]]:
         return lambda current: ignores.skipped(
@@ -324,14 +363,7 @@ def make_plan(
             return _deferred(m)
         return plan_object(kube, m, current, leave=leave(m), manager=manager)
 
-    failures: list[tuple[str, str]] = []
-    changes: list[Change] = []
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        for (m, _res), result in zip(ready, pool.map(_capture(plan_one), ready), strict=True):
-            if isinstance(result, KubeError):
-                failures.append((f"{m.source}: {m.ref}", str(result)))
-            else:
-                changes.append(result)
+    changes, failures = _plan_each(ready, early, plan_one, workers)
     if owners is not None:
         failures.extend(_taken(changes, live, owners, app))
     if failures:
@@ -339,6 +371,30 @@ def make_plan(
     changes.extend(_deferred(m) for m in deferred)
     changes.extend(_prune_candidates(state, desired_ids, stale, unsettled, live))
     return Plan(changes=tuple(changes))
+
+
+def _plan_each(
+    ready: Sequence[tuple[Manifest, Resource]],
+    early: Mapping[Identity, Change],
+    plan_one: Callable[[tuple[Manifest, Resource]], Change],
+    workers: int,
+) -> tuple[list[Change], list[tuple[str, str]]]:
+    """``plan_one`` of each, in order, on threads; what the cache decided needs none."""
+    results: list[Change | KubeError | None] = [early.get(m.ref.identity()) for m, _ in ready]
+    todo = [i for i, result in enumerate(results) if result is None]
+    if todo:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            planned = pool.map(_capture(plan_one), [ready[i] for i in todo])
+            for i, result in zip(todo, planned, strict=True):
+                results[i] = result
+    changes: list[Change] = []
+    failures: list[tuple[str, str]] = []
+    for (m, _res), result in zip(ready, results, strict=True):
+        if isinstance(result, KubeError):
+            failures.append((f"{m.source}: {m.ref}", str(result)))
+        elif result is not None:
+            changes.append(result)
+    return changes, failures
 
 
 def _taken(
@@ -385,34 +441,161 @@ def _prune_candidates(
     # Backstop: labelled for this app and applied by it, yet neither desired nor recorded
     # anywhere. Objects a controller made (e.g. Pods from a template carrying our label)
     # are its to delete.
-    recorded = (
-        desired
-        | {e.ref.identity() for e in (*state.inventory, *state.pending)}
-        | {ObjectRef.of(o).identity() for o in state.adopted}
-    )
+    recorded = _recorded(state, desired)
     manager = field_manager(state.app)
     out.extend(
         Change(ref=ObjectRef.of(obj), action=Action.PRUNE, live=obj, origin=Origin.LABEL)
         for ident, obj in live.objects.items()
-        if ident not in recorded
-        and not is_controlled(obj)
-        # Only what this app's gitsync applied: a look-alike someone labelled by hand is
-        # not ours to delete, whatever its labels say.
-        and gitsync_applied_at(obj, manager=manager)
+        if ident not in recorded and _backstop(obj, manager)
     )
+    return out
+
+
+def _recorded(state: AppState, desired: set[Identity]) -> set[Identity]:
+    """Everything the app knows as its own: desired, inventory, write-ahead records."""
+    return (
+        desired
+        | {e.ref.identity() for e in (*state.inventory, *state.pending)}
+        | {ObjectRef.of(o).identity() for o in state.adopted}
+    )
+
+
+def _backstop(obj: KubeObject, manager: str) -> bool:
+    """A labelled object nobody recorded is pruned only if no controller made it and
+    this app's gitsync applied it: a look-alike labelled by hand is not ours to delete."""
+    return not is_controlled(obj) and bool(gitsync_applied_at(obj, manager=manager))
+
+
+# --- the live side from the informers -------------------------------------------------
+
+# Objects to confirm with one GET each; more than this, and their kinds are LISTed.
+CONFIRM_GETS = 64
+
+
+def _synced_stores(
+    informers: Informers, resources: Iterable[Resource]
+) -> dict[tuple[str, str], tuple[Resource, Store]] | None:
+    """The managed-objects cache of every kind, or None while one is not synced yet (its
+    informer is started now, so the next round finds it warm) or may not be read."""
+    found = {(r.group, r.kind): (r, informers.managed(r.group, r.kind)) for r in resources}
+    if not all(i.synced and not i.forbidden for _r, i in found.values()):
+        return None
+    return {k: (r, i.store) for k, (r, i) in found.items()}
+
+
+def _from_cache(
+    kube: Kube,
+    app: str,
+    stores: Mapping[tuple[str, str], tuple[Resource, Store]],
+    *,
+    ready: Sequence[tuple[Manifest, Resource]],
+    known: Mapping[Identity, InventoryEntry],
+    doubtful: Sequence[InventoryEntry],
+    recorded: set[Identity],
+    manager: str,
+) -> tuple[dict[Identity, Change], LiveIndex]:
+    """What the cache finds unchanged, and the rest of the app's objects confirmed with
+    the API (see the module docstring)."""
+    ours = {k: set(store.idents(label=app)) for k, (_res, store) in stores.items()}
+    unchanged: dict[Identity, Change] = {}
+    confirm: dict[Identity, ObjectRef] = {}
+    for m, res in ready:
+        ident = m.ref.identity()
+        kind = (res.group, res.kind)
+        change = _unchanged_in_cache(
+            stores[kind][1], m, known.get(ident), mine=ident in ours[kind], manager=manager
+        )
+        if change is None:
+            confirm[ident] = m.ref
+        else:
+            unchanged[ident] = change
+    for e in doubtful:  # prune candidates: a delete is never decided by the cache
+        if (e.ref.group, e.ref.kind) in stores:  # else not served: nothing to find
+            confirm.setdefault(e.ref.identity(), e.ref)
+    for kind, idents in ours.items():
+        res, store = stores[kind]
+        for ident in idents - recorded - confirm.keys():
+            if store.memo(ident, f"backstop:{manager}", lambda o: _backstop(o, manager)):
+                _g, _k, namespace, name = ident
+                confirm[ident] = ObjectRef(
+                    group=res.group,
+                    version=res.version,
+                    kind=res.kind,
+                    namespace=namespace,
+                    name=name,
+                )
+    objects = _confirm(kube, app, confirm.values()) if len(confirm) <= CONFIRM_GETS else None
+    if objects is None:
+        kinds = {(r.group, r.kind) for r in confirm.values()}
+        listed = list_live(kube, app, [r for k, (r, _s) in stores.items() if k in kinds])
+        objects = {i: o for i, o in listed.objects.items() if i not in unchanged}
+    return unchanged, LiveIndex(objects, cached=frozenset(unchanged))
+
+
+def _unchanged_in_cache(
+    store: Store, m: Manifest, entry: InventoryEntry | None, *, mine: bool, manager: str
+) -> Change | None:
+    """UNCHANGED if the cache says so (as ``plan_one`` decides it from a LIST), else None."""
+    if entry is None or entry.manifest_hash != content_hash(m.obj):
+        return None
+    ident = m.ref.identity()
+    if not mine:
+        if _finished_job(m, entry):
+            return Change(ref=m.ref, action=Action.UNCHANGED, source=m.source, manifest=m)
+        return None
+    if not entry.fingerprint:
+        return None
+    found = store.memo(ident, f"fingerprint:{manager}", lambda o: fingerprint(o, manager))
+    if found is None:
+        return None
+    if found != entry.fingerprint and not (
+        ignored_by_annotation(m.obj) or ignored_by_annotation(store.get(ident))
+    ):
+        return None
+    return Change(
+        ref=m.ref,
+        action=Action.UNCHANGED,
+        source=m.source,
+        manifest=m,
+        recorded=InventoryEntry(ref=m.ref, manifest_hash=entry.manifest_hash, fingerprint=found),
+        cached=lambda: store.get(ident),
+    )
+
+
+def _confirm(kube: Kube, app: str, refs: Iterable[ObjectRef]) -> dict[Identity, KubeObject] | None:
+    """The objects of ``refs`` that exist with this app's label, one GET each; None if a
+    GET failed otherwise than 404 (say, forbidden: the LIST path knows the scopes)."""
+    todo = list(refs)
+    if not todo:
+        return {}
+    with ThreadPoolExecutor(max_workers=min(8, len(todo))) as pool:
+        results = list(pool.map(_capture(kube.get), todo))
+    out: dict[Identity, KubeObject] = {}
+    for ref, obj in zip(todo, results, strict=True):
+        if isinstance(obj, KubeError):
+            return None
+        labels = ((obj or {}).get("metadata") or {}).get("labels") or {}
+        if obj is not None and labels.get(APP_LABEL) == app:
+            out[ref.identity()] = obj
     return out
 
 
 class _Autoscaled:
     """Whether an HPA scales a workload: HPAs in the set and live ones, listed once and
-    only if some workload is dry-run at all (an unchanged resync never asks)."""
+    only if some workload is dry-run at all (an unchanged resync never asks). With the
+    controller's informers, live HPAs come from their one cluster-wide cache once it is
+    synced (until then, from the LIST)."""
 
-    def __init__(self, kube: Kube, manifests: ManifestSet) -> None:
+    def __init__(
+        self, kube: Kube, manifests: ManifestSet, informers: Informers | None = None
+    ) -> None:
         self._kube = kube
+        self._informers = informers
         self._desired = [
             m.obj for m in manifests.manifests if m.ref.kind == "HorizontalPodAutoscaler"
         ]
         self._targets: frozenset[tuple[str, str, str]] | None = None
+        self._cached = False
         self._lock = threading.Lock()
 
     def __call__(self, ref: ObjectRef) -> bool:
@@ -420,10 +603,15 @@ class _Autoscaled:
             if self._targets is None:
                 hpas = list(self._desired)
                 res = self._kube.discover().resource("autoscaling", "v2", "HorizontalPodAutoscaler")
-                if res is not None:
+                self._cached = (
+                    self._informers is not None and self._informers.everything(*HPA).synced
+                )
+                if res is not None and not self._cached:
                     hpas += self._kube.list_objects(res)[0]
                 self._targets = hpa_targets(hpas)
-            return (ref.namespace, ref.kind, ref.name) in self._targets
+            if (ref.namespace, ref.kind, ref.name) in self._targets:
+                return True
+        return self._cached and self._informers is not None and self._informers.autoscaled(ref)
 
 
 def _new_namespaces(kube: Kube, manifests: ManifestSet, live: LiveIndex) -> frozenset[str]:
@@ -431,7 +619,7 @@ def _new_namespaces(kube: Kube, manifests: ManifestSet, live: LiveIndex) -> froz
     candidates = [
         m.ref
         for m in manifests.manifests
-        if m.ref.kind == "Namespace" and not m.ref.group and m.ref.identity() not in live.objects
+        if m.ref.kind == "Namespace" and not m.ref.group and not live.has(m.ref.identity())
     ]
     return frozenset(ref.name for ref in candidates if kube.get(ref) is None)
 

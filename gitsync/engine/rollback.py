@@ -117,10 +117,9 @@ def roll_back(
         and (e.ref.identity() not in released or e.ref.identity() in failed)
     ]
     inventory = tuple(sorted([*applied.entries, *kept], key=lambda e: e.ref))
-    restarted = unstick_statefulsets(kube, applied.objects, timeout=min(timeout, 30.0))
-    verdict = wait_healthy(
-        kube, list(applied.objects), timeout=timeout, cancel=cancel, informers=informers
-    )
+    objects = applied.live_objects()
+    restarted = unstick_statefulsets(kube, objects, timeout=min(timeout, 30.0))
+    verdict = wait_healthy(kube, objects, timeout=timeout, cancel=cancel, informers=informers)
     return RollbackResult(
         applied=applied,
         deleted=pruned.deleted,

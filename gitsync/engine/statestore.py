@@ -17,6 +17,14 @@ lost a race) are swept by later writes once they are older than ``ORPHAN_GRACE``
 that finds a chunk gone or a digest wrong re-reads the head: a writer may just have
 swapped generations. App names are DNS labels, so a chunk's dotted name never equals a
 head's.
+
+In the controller, a read may be served by two informers (heads, chunks) of the state
+namespace, verified like an API read, but only when the cached head is at the
+resourceVersion this process last read or wrote for the app: the first read of an app,
+and any read after someone else wrote it, go to the API. A cache that lags behind another
+writer can thus serve an older state only until this process writes, and that write's
+resourceVersion precondition then fails: no state is ever overwritten from a stale read.
+Writes always go to the API.
 """
 
 from __future__ import annotations
@@ -28,14 +36,18 @@ import json
 import secrets
 import threading
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from gitsync import log
 from gitsync.errors import ConflictError, KubeError, StateError
 from gitsync.kube import Kube
 from gitsync.model import MANAGED_BY_LABEL, MANAGED_BY_VALUE, KubeObject, ObjectRef
+
+if TYPE_CHECKING:  # the hub imports this module's labels
+    from gitsync.informers.hub import Informers
 
 STATE_KEY: Final = "state.json.gz"  # inline blob, base64 text (format of every release)
 INDEX_KEY: Final = "state.index.json"  # pointer to the chunks of a large state
@@ -120,8 +132,15 @@ def check_size(app: str, size: int, *, limit: int = MAX_STATE_BYTES) -> None:
 # --- reading --------------------------------------------------------------------------
 
 
-def load(kube: Kube, *, app: str, namespace: str) -> Stored:
-    """The head and its blob, whole and verified; re-reads the head if it moved meanwhile."""
+def load(kube: Kube, *, app: str, namespace: str, informers: Informers | None = None) -> Stored:
+    """The head and its blob, whole and verified; re-reads the head if it moved meanwhile.
+
+    With ``informers``, from their caches when they hold the version this process last
+    read or wrote (see the module docstring), else from the API."""
+    if informers is not None:
+        cached = _load_cached(kube, informers, app=app, namespace=namespace)
+        if cached is not None:
+            return cached
     last_rv = None
     for _attempt in range(READ_ATTEMPTS):
         head = _get(kube, namespace, head_name(app))
@@ -129,7 +148,9 @@ def load(kube: Kube, *, app: str, namespace: str) -> Stored:
             return Stored(head=None, blob=None)
         rv = str(head["metadata"].get("resourceVersion", ""))
         try:
-            blob, chunks = _blob_of(kube, head, app=app, namespace=namespace)
+            blob, chunks = _blob_of(
+                head, app=app, namespace=namespace, read=lambda name: _get(kube, namespace, name)
+            )
         except _Torn as e:
             if rv == last_rv:
                 # The same head twice: the chunks are really gone, not being swapped.
@@ -150,8 +171,36 @@ def load(kube: Kube, *, app: str, namespace: str) -> Stored:
     raise StateError(msg)
 
 
+def _load_cached(kube: Kube, informers: Informers, *, app: str, namespace: str) -> Stored | None:
+    """The state from the informers if their head is the one this process knows; None
+    sends the read to the API (first read, someone else wrote, a cache behind, a tear)."""
+    with _known_lock:
+        known = _known.get(kube, {}).get((namespace, app))
+    if known is None or not known.resource_version:
+        return None
+    heads, chunks = informers.state_heads(namespace), informers.state_chunks(namespace)
+    if not (heads.synced and chunks.synced) or heads.forbidden or chunks.forbidden:
+        return None
+    head = heads.store.get(_secret(namespace, head_name(app)).identity())
+    if head is None or str(head["metadata"].get("resourceVersion", "")) != known.resource_version:
+        return None
+
+    def read(name: str) -> KubeObject | None:
+        return chunks.store.get(_secret(namespace, name).identity())
+
+    try:
+        blob, _names = _blob_of(head, app=app, namespace=namespace, read=read)
+    except (_Torn, StateError):
+        return None
+    return Stored(head=head, blob=blob, resource_version=known.resource_version)
+
+
 def _blob_of(
-    kube: Kube, head: KubeObject, *, app: str, namespace: str
+    head: KubeObject,
+    *,
+    app: str,
+    namespace: str,
+    read: Callable[[str], KubeObject | None],
 ) -> tuple[bytes | None, tuple[str, ...]]:
     data = head.get("data") or {}
     where = f"Secret {namespace}/{head_name(app)}"
@@ -167,7 +216,7 @@ def _blob_of(
     except (ValueError, KeyError, TypeError, binascii.Error) as e:
         msg = f"state {where} is unreadable: {e}"
         raise StateError(msg) from e
-    parts = [_chunk(kube, namespace, name, app=app, generation=generation) for name in names]
+    parts = [_chunk(read, namespace, name, app=app, generation=generation) for name in names]
     blob = b"".join(parts)
     del parts
     if len(blob) != size or hashlib.sha256(blob).hexdigest() != digest:
@@ -176,8 +225,15 @@ def _blob_of(
     return blob, names
 
 
-def _chunk(kube: Kube, namespace: str, name: str, *, app: str, generation: str) -> bytes:
-    obj = _get(kube, namespace, name)
+def _chunk(
+    read: Callable[[str], KubeObject | None],
+    namespace: str,
+    name: str,
+    *,
+    app: str,
+    generation: str,
+) -> bytes:
+    obj = read(name)
     if obj is None:
         msg = f"chunk Secret {namespace}/{name} is missing"
         raise _Torn(msg)

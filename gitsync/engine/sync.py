@@ -37,6 +37,7 @@ from gitsync.engine.rollback import restore_adopted
 from gitsync.errors import GitSyncError
 from gitsync.health.gate import ObjectHealth, Verdict, default_timeout, wait_healthy
 from gitsync.health.rules import Health, Status
+from gitsync.informers.hub import Informers
 from gitsync.kube import Kube
 from gitsync.model import Identity, KubeObject, ManifestSet, ObjectRef, Revision, field_manager
 from gitsync.render.manifests import render
@@ -125,7 +126,9 @@ def prepare(app: AppConfig, ctx: Context) -> Prepared:
     """Fetch, render, check the limits and plan: reads only."""
     revision, manifests = prepare_render(app, ctx)
     limits.enforce(manifests, app.limits, app=app.name)
-    state = inventory.read_state(ctx.kube, app=app.name, namespace=ctx.state_namespace)
+    state = inventory.read_state(
+        ctx.kube, app=app.name, namespace=ctx.state_namespace, informers=ctx.informers
+    )
     plan = make_plan(
         manifests,
         kube=app_kube(app, ctx, namespaces=app_namespaces(app, manifests, state)),
@@ -133,13 +136,25 @@ def prepare(app: AppConfig, ctx: Context) -> Prepared:
         state=state,
         owners=owners(app, ctx),
         ignore=app.ignore,
+        informers=plan_informers(app, ctx),
     )
     return Prepared(revision=revision, manifests=manifests, state=state, plan=plan)
 
 
+def plan_informers(app: AppConfig, ctx: Context) -> Informers | None:
+    """The shared informers read as gitsync itself: they serve the plan of an app with
+    its own ServiceAccount nothing (as they serve its drift watcher only its state), so
+    that it sees exactly what its account may see."""
+    return ctx.informers if app.service_account is None else None
+
+
 def owners(app: AppConfig, ctx: Context) -> Owners:
     return Owners(
-        kube=ctx.kube, app=app.name, state_namespace=ctx.state_namespace, adopt_from=app.adopt_from
+        kube=ctx.kube,
+        app=app.name,
+        state_namespace=ctx.state_namespace,
+        adopt_from=app.adopt_from,
+        informers=ctx.informers,
     )
 
 
@@ -185,7 +200,10 @@ class _Run:
         self.rec.log = self.rec.log.bind(revision=revision.sha[:12])
         try:
             self.rec.state = self.rec.stored = inventory.read_state(
-                self.ctx.kube, app=app.name, namespace=self.ctx.state_namespace
+                self.ctx.kube,
+                app=app.name,
+                namespace=self.ctx.state_namespace,
+                informers=self.ctx.informers,
             )
         except GitSyncError as e:
             self.rec.log.error("sync.failed", stage="state", error=str(e))
@@ -207,6 +225,7 @@ class _Run:
                 state=state,
                 owners=self.owners,
                 ignore=app.ignore,
+                informers=plan_informers(app, self.ctx),
             )
             if not plan.in_sync:
                 # An app too large to record must fail before it changes anything.
@@ -361,7 +380,7 @@ class _Run:
         )
 
     def gate(self, applied: AppliedSet) -> Verdict:
-        objects = list(applied.objects)
+        objects = applied.live_objects()
         timeout = self.app.health.timeout or default_timeout(objects)
 
         def report(current: int, waiting: int, failed: int) -> None:

@@ -1,10 +1,13 @@
 """Sync benchmark: gitsync vs `kubectl apply --server-side` on the same cluster, same run.
 
-    python -m tests.bench.bench_sync [--objects 1000] [--kubeconfig PATH]
+    python -m tests.bench.bench_sync [--objects 1000] [--kubeconfig PATH] [--informers]
+        [--replicas 1]
 
 Prints wall times, the gitsync/kubectl ratio, API calls by verb and peak RSS for: a first
 sync of N mixed objects across 10 namespaces, a no-op resync, and a one-object change.
-Figures only: nothing here asserts a time.
+With ``--informers`` the syncs run as in the controller, with a shared informer hub on a
+client of its own (its calls are printed apart); the no-op resync is then measured once
+the informers hold what the API holds. Figures only: nothing here asserts a time.
 """
 
 from __future__ import annotations
@@ -28,7 +31,9 @@ import structlog
 from gitsync import config, log
 from gitsync.devcluster import ClusterConfig, DevCluster, resolve_bin_dir
 from gitsync.engine.sync import Context, SyncResult, sync_app
+from gitsync.informers.hub import Informers
 from gitsync.kube import Kube
+from gitsync.model import ObjectRef
 from tests.support.repos import BareRepo
 
 WRITES = ("apply", "create", "update", "delete", "patch")
@@ -43,7 +48,7 @@ MIX = (
 )
 
 
-def _doc(kind: str, name: str, ns: str, i: int) -> str:
+def _doc(kind: str, name: str, ns: str, i: int, replicas: int = 1) -> str:
     head = f"metadata:\n  name: {name}\n  namespace: {ns}\n"
     if kind == "ConfigMap":
         return f"apiVersion: v1\nkind: ConfigMap\n{head}data:\n  index: '{i}'\n  mode: blue\n"
@@ -62,14 +67,14 @@ def _doc(kind: str, name: str, ns: str, i: int) -> str:
             "  ports:\n  - port: 80\n    targetPort: 8080\n"
         )
     return (
-        f"apiVersion: apps/v1\nkind: Deployment\n{head}spec:\n  replicas: 1\n"
+        f"apiVersion: apps/v1\nkind: Deployment\n{head}spec:\n  replicas: {replicas}\n"
         f"  selector: {{matchLabels: {{app: {name}}}}}\n  template:\n"
         f"    metadata: {{labels: {{app: {name}}}}}\n    spec:\n"
         f"      containers: [{{name: app, image: registry.invalid/app:{i}}}]\n"
     )
 
 
-def generate(total: int, prefix: str) -> dict[str, str]:
+def generate(total: int, prefix: str, replicas: int = 1) -> dict[str, str]:
     """Files of a repo with ``total`` objects (rounded to the mix) in 10 namespaces."""
     per_ns = sum(n for _, n in MIX)
     scale = max(1, round(total / (10 * per_ns)))
@@ -80,7 +85,9 @@ def generate(total: int, prefix: str) -> dict[str, str]:
             f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {ns}\n"
         )
         for kind, count in MIX:
-            docs = [_doc(kind, f"{kind.lower()}-{i}", ns, i) for i in range(count * scale)]
+            docs = [
+                _doc(kind, f"{kind.lower()}-{i}", ns, i, replicas) for i in range(count * scale)
+            ]
             files[f"ns-{n}/{kind.lower()}.yaml"] = "---\n".join(docs)
     return files
 
@@ -138,6 +145,38 @@ def run_sync(app: config.AppConfig, ctx: Context) -> tuple[SyncResult, float, fl
     return result, seconds, gate, Counter(ctx.kube.calls)
 
 
+KINDS = (("", "Namespace"), ("", "ConfigMap"), ("", "Secret"), ("", "ServiceAccount"))
+KINDS += (("rbac.authorization.k8s.io", "Role"), ("", "Service"), ("apps", "Deployment"))
+
+
+def warm(hub: Informers, app: str, state_namespace: str, total: int, timeout: float) -> float:
+    """Seconds until the informers hold the app's ``total`` objects and its state head at
+    the version the API has (the controller's steady state)."""
+    start = time.perf_counter()
+    head_ref = ObjectRef(
+        group="", version="v1", kind="Secret", namespace=state_namespace, name=f"gitsync-{app}"
+    )
+    while time.perf_counter() - start < timeout:
+        informers = [hub.managed(*k) for k in KINDS]
+        heads = hub.state_heads(state_namespace)
+        chunks = hub.state_chunks(state_namespace)
+        head = hub.kube.get(head_ref)
+        count = sum(len(i.store.idents(label=app)) for i in informers)
+        cached_rv = heads.store.memo(
+            head_ref.identity(), "rv", lambda o: o["metadata"]["resourceVersion"]
+        )
+        if (
+            all(i.synced for i in [*informers, heads, chunks])
+            and count == total
+            and head is not None
+            and cached_rv == head["metadata"]["resourceVersion"]
+        ):
+            return time.perf_counter() - start
+        time.sleep(0.1)
+    msg = "the informers did not catch up with the API"
+    raise SystemExit(msg)
+
+
 def _calls(c: Counter[str]) -> str:
     return ", ".join(f"{k}={v}" for k, v in sorted(c.items())) or "none"
 
@@ -146,13 +185,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.bench_sync")
     parser.add_argument("--objects", type=int, default=1000)
     parser.add_argument("--kubeconfig", default=os.environ.get("GITSYNC_TEST_KUBECONFIG"))
+    parser.add_argument("--informers", action="store_true", help="sync with a shared informer hub")
+    parser.add_argument("--replicas", type=int, default=1, help="Pods per Deployment (0: none)")
     args = parser.parse_args(argv)
     log.configure(json=True, level="info")
     run = uuid.uuid4().hex[:5]
-    with cluster(args.kubeconfig) as (kubeconfig, kubectl), tempfile.TemporaryDirectory() as tmp:
+    # Both copies' Deployments (a tenth of the objects each), one Pod each, on 3 nodes.
+    pods = max(110, args.objects // 10 * args.replicas)
+    with (
+        cluster(args.kubeconfig, node_pods=str(pods)) as (kubeconfig, kubectl),
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         work = Path(tmp)
-        k_files = generate(args.objects, f"bk{run}")
-        g_files = generate(args.objects, f"bg{run}")
+        k_files = generate(args.objects, f"bk{run}", args.replicas)
+        g_files = generate(args.objects, f"bg{run}", args.replicas)
         n_objects = sum(len(t.split("---\n")) for t in g_files.values())
         _write(k_files, work / "kubectl")
         k_seconds, k_verbs = kubectl_apply(kubectl, kubeconfig, work / "kubectl")
@@ -162,10 +208,25 @@ def main(argv: list[str] | None = None) -> int:
         raw = {"name": f"bench-{run}", "repo": repo.file_url, "namespace": "default"}
         (app,) = config.parse({"apps": [raw]}).apps
         kube = Kube.connect(kubeconfig=kubeconfig)
-        ctx = Context(kube=kube, cache_dir=work / "cache", state_namespace=f"bench-state-{run}")
+        hub = Informers(Kube.connect(kubeconfig=kubeconfig)) if args.informers else None
+        state_ns = f"bench-state-{run}"
+        ctx = Context(kube=kube, cache_dir=work / "cache", state_namespace=state_ns, informers=hub)
         first, g_seconds, gate, first_calls = run_sync(app, ctx)
         rss_first = _rss_mib()
+        if hub is not None:
+            caught_up = warm(hub, app.name, state_ns, n_objects, timeout=300)
+            print(f"informers caught up {caught_up:.2f} s after the first sync")
+            run_sync(app, ctx)  # the first informer-backed read of the state
+            hub_before = hub.stats()
         noop, noop_seconds, _, noop_calls = run_sync(app, ctx)
+        if hub is not None:
+            hub_after = hub.stats()
+            print(
+                f"informer hub: {hub_after['informers']} informers, {hub_after['objects']} "
+                f"objects, {hub_after['bytes'] / 2**20:.1f} MiB of JSON; during the no-op: "
+                f"lists={hub_after['lists'] - hub_before['lists']} "
+                f"relists={hub_after['relists'] - hub_before['relists']}"
+            )
         changed = dict(g_files)
         key = "ns-3/configmap.yaml"
         changed[key] = changed[key].replace("mode: blue", "mode: green", 1)
@@ -198,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
             f"peak RSS of the gitsync process: {rss_first:.0f} MiB after first sync, "
             f"{_rss_mib():.0f} MiB at end"
         )
+        if hub is not None:
+            hub.stop()
         names = [f"{p}-{n}" for p in (f"bk{run}", f"bg{run}") for n in range(10)]
         subprocess.run(
             [str(kubectl), f"--kubeconfig={kubeconfig}", "delete", "namespace"]  # noqa: RUF005
