@@ -37,7 +37,6 @@ from gitsync.engine.rollback import restore_adopted
 from gitsync.errors import GitSyncError
 from gitsync.health.gate import ObjectHealth, Verdict, default_timeout, wait_healthy
 from gitsync.health.rules import Health, Status
-from gitsync.informers.hub import Informers
 from gitsync.kube import Kube
 from gitsync.model import Identity, KubeObject, ManifestSet, ObjectRef, Revision, field_manager
 from gitsync.render.manifests import render
@@ -136,16 +135,9 @@ def prepare(app: AppConfig, ctx: Context) -> Prepared:
         state=state,
         owners=owners(app, ctx),
         ignore=app.ignore,
-        informers=plan_informers(app, ctx),
+        informers=object_informers(app, ctx),
     )
     return Prepared(revision=revision, manifests=manifests, state=state, plan=plan)
-
-
-def plan_informers(app: AppConfig, ctx: Context) -> Informers | None:
-    """The shared informers read as gitsync itself: they serve the plan of an app with
-    its own ServiceAccount nothing (as they serve its drift watcher only its state), so
-    that it sees exactly what its account may see."""
-    return ctx.informers if app.service_account is None else None
 
 
 def owners(app: AppConfig, ctx: Context) -> Owners:
@@ -225,7 +217,7 @@ class _Run:
                 state=state,
                 owners=self.owners,
                 ignore=app.ignore,
-                informers=plan_informers(app, self.ctx),
+                informers=object_informers(app, self.ctx),
             )
             if not plan.in_sync:
                 # An app too large to record must fail before it changes anything.
