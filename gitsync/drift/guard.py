@@ -12,9 +12,17 @@ from __future__ import annotations
 import contextlib
 import threading
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 from gitsync.drift.compare import OWNER, DriftReport, gitsync_applied_at, gitsync_wrote
 from gitsync.model import Identity, KubeObject
+
+
+@dataclass(slots=True)
+class Hold:
+    """One sync's hold; the caller says, when it knows, that the sync wrote no state."""
+
+    state_written: bool = True  # unknown counts as written: the state is read again
 
 
 class SyncGuard:
@@ -28,16 +36,17 @@ class SyncGuard:
         self._deferred: set[Identity] = set()  # reports held back: to look at again
 
     @contextlib.contextmanager
-    def syncing(self, after: Callable[[], None]) -> Iterator[None]:
+    def syncing(self, after: Callable[[Hold], None]) -> Iterator[Hold]:
         """Hold while a sync here runs; ``after`` runs when it is over."""
+        hold = Hold()
         with self._lock:
             self._holds += 1
         try:
-            yield
+            yield hold
         finally:
             with self._lock:
                 self._holds -= 1
-            after()
+            after(hold)
 
     def held(self) -> bool:
         with self._lock:

@@ -35,7 +35,7 @@ from gitsync.drift.compare import (
     now_text,
     writers,
 )
-from gitsync.drift.guard import SyncGuard
+from gitsync.drift.guard import Hold, SyncGuard
 from gitsync.drift.healer import Healer, HealLimits
 from gitsync.drift.intents import Intents, KindKey, read_intent
 from gitsync.drift.publisher import Publisher
@@ -76,7 +76,9 @@ class _NewIntents:
 
 @dataclass(frozen=True, slots=True)
 class _Resume:
-    """A sync in this process finished: read its state, compare everything again."""
+    """A sync in this process finished: read its state (if it wrote one), compare again."""
+
+    reread: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,9 +216,10 @@ class DriftWatcher:
         """The app's drift now, one report per field, in a stable order."""
         return self.publisher.current()
 
-    def syncing(self) -> contextlib.AbstractContextManager[None]:
-        """Hold reports that a sync's own writes could cause until the sync is over."""
-        return self.guard.syncing(after=lambda: self._queue.put(_Resume()))
+    def syncing(self) -> contextlib.AbstractContextManager[Hold]:
+        """Hold reports that a sync's own writes could cause until the sync is over; set
+        ``state_written = False`` on what it yields when the sync wrote no state."""
+        return self.guard.syncing(after=lambda h: self._queue.put(_Resume(h.state_written)))
 
     def update_intents(self, objects: Iterable[KubeObject], *, revision: str) -> None:
         """Compare against these objects from now on (what a sync just applied)."""
@@ -244,7 +247,7 @@ class DriftWatcher:
         if isinstance(message, _NewIntents):
             self._install(message.objects, message.revision, message.synced_at)
         elif isinstance(message, _Resume):
-            self._resume()
+            self._resume(reread=message.reread)
         elif isinstance(message, StateChanged):
             if not message.deleted:  # a lost Secret is not a new desired state
                 self._read_state()
@@ -312,16 +315,16 @@ class DriftWatcher:
         self._gone_due.pop(ident, None)
         self._evaluate(ident, change.obj, change.old())
 
-    def _resume(self) -> None:
-        """After a sync here: compare again what was held back while it ran, and heal.
-
-        No read of the state: a sync that wrote it changed its head, and that change
-        arrives from the informer like any other (a poll that wrote nothing costs nothing).
-        """
+    def _resume(self, *, reread: bool) -> None:
+        """After a sync here: its state now (read at once, not when the informer brings
+        the head: what was held back must meet the new intents), then compare again what
+        was held back, and heal. A sync that wrote no state costs no read."""
         if self.guard.held():
             return
-        for ident in self.guard.deferred():
-            self._evaluate(ident)
+        deferred = self.guard.deferred()
+        if not (reread and self._read_state()):  # a read compares everything anyway
+            for ident in deferred:
+                self._evaluate(ident)
         if self.app.self_heal:
             for ident in self.publisher.drifted():
                 self._schedule_heal(ident)

@@ -41,6 +41,8 @@ class SyncResult:
     rolled_back_to: str = ""
     # Refused before any write (fetch, render, dry-run, state size): `sync --once` exits 2.
     refused: bool = False
+    # The sync wrote the app's state (what drift compares against may have changed).
+    state_written: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,6 +85,7 @@ class Record:
         self.log = log.get(app=app.name)
         self.state = AppState(app=app.name)
         self.stored = self.state
+        self.writes = 0
 
     def result(self, sha: str, result: str, **kw: Any) -> SyncResult:
         return SyncResult(
@@ -90,10 +93,12 @@ class Record:
             revision=sha,
             result=result,
             seconds=time.monotonic() - self.started,
+            state_written=self.writes > 0,
             **kw,
         )
 
     def persist(self, state: AppState) -> AppState:
+        self.writes += 1  # counted first: a write that failed may still have landed
         self.state = self.stored = _store(self.ctx, state)
         return self.state
 

@@ -43,6 +43,7 @@ from structlog.contextvars import bound_contextvars
 from gitsync import log
 from gitsync.config import AppConfig, GitSyncConfig
 from gitsync.drift.compare import DriftReport
+from gitsync.drift.guard import Hold
 from gitsync.drift.watcher import DriftWatcher
 from gitsync.engine import inventory
 from gitsync.engine.steady import SteadyMemo
@@ -488,9 +489,10 @@ class Controller:
                     ctx, auth=self.credentials.load(app=app.name, secret=app.auth.secret_ref)
                 )
             # The drift watcher holds its reports while our own writes land.
-            hold = runner.drift.syncing() if runner.drift else contextlib.nullcontext()
-            with hold:
+            hold = runner.drift.syncing() if runner.drift else contextlib.nullcontext(Hold())
+            with hold as held:
                 result = sync_app(app, ctx)
+                held.state_written = result.state_written
         except GitSyncError as e:
             log.get(app=app.name).error("sync.failed", stage="credentials", error=str(e))
             result = SyncResult(app=app.name, revision="", result="failed", error=str(e))
