@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: all deps venv testcluster helm test lint unit integration e2e realnode-deps image demo demo-down bench clean
+.PHONY: all deps venv testcluster helm test lint unit integration e2e realnode-deps image demo demo-down bench bench-peers clean
 
 all: test
 
@@ -71,6 +71,11 @@ bench: venv testcluster
 	PATH="$(TESTCLUSTER_PATH)" $(BIN)/python -m tests.bench.bench_state
 	PATH="$(TESTCLUSTER_PATH)" $(BIN)/python -m tests.bench.bench_peers
 	PATH="$(TESTCLUSTER_PATH)" $(BIN)/python -m tests.bench.bench_scale
+
+# The peers at 1,000 and 10,000 objects in one run: about an hour on 2 cores (Flux alone ~30 min).
+bench-peers: venv testcluster
+	@hack/build-peers.sh >/dev/null
+	PATH="$(TESTCLUSTER_PATH)" $(BIN)/python -m tests.bench.bench_peers --objects 1000 10000
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache *.egg-info

@@ -6,7 +6,9 @@ One run, one local cluster, the same mixed objects (bench_sync.generate) in sepa
 for each tool. For each: first sync until healthy, no-op resync, one changed object, peak RSS
 (of the peer's own processes via wait4; gitsync's is this process's, as it syncs in-process).
 The peers come from hack/build-peers.sh. Prints a markdown table with ratios vs gitsync and
-gitsync's API calls. Figures only: nothing here asserts a time.
+gitsync's API calls. A step that runs out of time (TIMEOUT inside each tool, STEP_LIMIT from
+outside) or fails is printed as such in the table, and the run goes on. Figures only: nothing
+here asserts a time.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections import Counter
@@ -41,7 +44,10 @@ LABELS = {
     "flux": "Flux's apply engine (fluxcd/pkg/ssa)",
     "kubectl": "`kubectl apply --server-side`, then `kubectl wait`",
 }
-TIMEOUT = "15m"
+# Each tool's own wait; 10,000 objects at Flux's QPS 50 need ~10 min of client throttle alone.
+TIMEOUT = "30m"
+# A step still running this long after its start is killed and printed as timed out.
+STEP_LIMIT = 35 * 60.0
 CHANGED_FILE = "ns-3/configmap.yaml"
 
 
@@ -52,6 +58,8 @@ class Step:
     seconds: float
     rss_mib: float
     detail: str = ""
+    # "ok", "timed out" or "failed"; the seconds are then those spent until it ended.
+    outcome: str = "ok"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -77,31 +85,79 @@ class Bins:
     kubeconfig: Path
 
 
-def run_child(args: list[str]) -> tuple[float, float, str]:
-    """Run one process to its end; seconds, its peak RSS (MiB) and stdout. Fails loudly."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Child:
+    """How one process ended."""
+
+    seconds: float
+    rss_mib: float
+    stdout: str
+    stderr: str
+    code: int
+    killed: bool
+
+    @property
+    def outcome(self) -> str:
+        if self.killed:
+            return "timed out"
+        return "ok" if self.code == 0 else "failed"
+
+    def tail(self) -> str:
+        return " ".join((self.stdout + self.stderr)[-300:].split())
+
+
+def run_child(args: list[str], limit: float = STEP_LIMIT) -> Child:
+    """Run one process to its end, or kill it after ``limit`` seconds; its peak RSS via wait4."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         start = time.perf_counter()
         proc = subprocess.Popen(args, stdout=out, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
+        killed = threading.Event()
+
+        def kill() -> None:
+            killed.set()
+            proc.kill()
+
+        timer = threading.Timer(limit, kill)
+        timer.start()
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        finally:
+            timer.cancel()
         seconds = time.perf_counter() - start
         proc.returncode = os.waitstatus_to_exitcode(status)
         out.seek(0)
         err.seek(0)
-        stdout = out.read().decode(errors="replace")
-        if proc.returncode != 0:
-            tail = (stdout + err.read().decode(errors="replace"))[-2000:]
-            msg = f"{Path(args[0]).name} {args[1:3]} exited {proc.returncode}:\n{tail}"
-            raise SystemExit(msg)
-    return seconds, usage.ru_maxrss / 1024, stdout
+        return Child(
+            seconds=seconds,
+            rss_mib=usage.ru_maxrss / 1024,
+            stdout=out.read().decode(errors="replace"),
+            stderr=err.read().decode(errors="replace"),
+            code=proc.returncode,
+            killed=killed.is_set(),
+        )
+
+
+def _must(child: Child, args: list[str]) -> Child:
+    """A set-up process that has to work: a failure ends the bench."""
+    if child.outcome != "ok":
+        msg = (
+            f"{Path(args[0]).name} {args[1:3]} {child.outcome} (exit {child.code}): {child.tail()}"
+        )
+        raise SystemExit(msg)
+    return child
 
 
 def _steps(args_list: list[list[str]]) -> Step:
-    """Run processes one after the other as one step: summed time, highest RSS."""
+    """Processes one after the other as one step: summed time, highest RSS; stops at a miss."""
     total, rss = 0.0, 0.0
     for args in args_list:
-        seconds, peak, _ = run_child(args)
-        total += seconds
-        rss = max(rss, peak)
+        child = run_child(args, limit=max(1.0, STEP_LIMIT - total))
+        total += child.seconds
+        rss = max(rss, child.rss_mib)
+        if child.outcome != "ok":
+            outcome = "timed out" if "timed out" in child.stderr else child.outcome
+            detail = f"{Path(args[0]).name} {args[2]}: {child.tail()}"
+            return Step(seconds=total, rss_mib=rss, outcome=outcome, detail=detail)
     return Step(seconds=total, rss_mib=rss)
 
 
@@ -137,18 +193,46 @@ def peer_flux(bins: Bins, root: Path, prefix: str) -> Callable[[], Step]:
     args.append(f"--timeout={TIMEOUT}")
 
     def step() -> Step:
-        seconds, rss, out = run_child(args)
-        report = json.loads(out)
-        detail = f"apply {report['apply_s']:.2f} s + wait {report['wait_s']:.2f} s"
-        return Step(seconds=seconds, rss_mib=rss, detail=detail)
+        child = run_child(args)
+        try:
+            report = json.loads(child.stdout)
+        except ValueError:
+            return Step(
+                seconds=child.seconds,
+                rss_mib=child.rss_mib,
+                outcome=child.outcome,
+                detail=child.tail(),
+            )
+        outcome = child.outcome
+        if "timeout" in report.get("wait_error", "") or "deadline" in report.get("wait_error", ""):
+            outcome = "timed out"
+        detail = f"apply {report['apply_s']:.1f} s ({_phase(report.get('apply'))})"
+        detail += f" + wait {report['wait_s']:.1f} s ({_phase(report.get('wait'))})"
+        for key in ("apply_error", "wait_error"):
+            if report.get(key):
+                detail += f"; {key}: {report[key][:300]}"
+        return Step(seconds=child.seconds, rss_mib=child.rss_mib, detail=detail, outcome=outcome)
 
     return step
+
+
+def _phase(phase: dict[str, object] | None) -> str:
+    """The harness's request counts of one phase and the time they queued in the rate limiter."""
+    if not phase:
+        return "not reached"
+    requests = phase.get("requests") or {}
+    assert isinstance(requests, dict)
+    counts = " ".join(f"{verb} {n}" for verb, n in sorted(requests.items()))
+    throttled = phase.get("throttled_s", 0.0)
+    assert isinstance(throttled, float | int)
+    return f"{counts}; {throttled:.0f} s throttled, summed over workers"
 
 
 def peer_kapply(bins: Bins, root: Path, prefix: str) -> Callable[[], Step]:
     """kapply with an inventory in ``default``, server-side, waiting for reconcile."""
     kapply = [str(bins.peers / "kapply"), f"--kubeconfig={bins.kubeconfig}"]
-    run_child([*kapply, "init", str(root), f"--inventory-id=bench-{prefix}", "-n", "default"])
+    init = [*kapply, "init", str(root), f"--inventory-id=bench-{prefix}", "-n", "default"]
+    _must(run_child(init), init)
     args = [*kapply, "apply", str(root), "--server-side", "--field-manager=bench-kapply"]
     args += [f"--reconcile-timeout={TIMEOUT}", "--output=events"]
     return lambda: _steps([args])
@@ -194,8 +278,13 @@ def bench_gitsync(
 
 def _cell(step: Step, base: Step | None) -> str:
     text = f"{step.seconds:.2f} s"
-    if base is not None and base.seconds > 0:
-        text += f" ({step.seconds / base.seconds:.1f}x)"
+    ratio = step.seconds / base.seconds if base is not None and base.seconds > 0 else None
+    if step.outcome != "ok":
+        text = f"**{step.outcome}** after {step.seconds:.0f} s"
+        if ratio is not None:
+            text += f" (>{ratio:.1f}x)"
+    elif ratio is not None:
+        text += f" ({ratio:.1f}x)"
     return text
 
 
@@ -207,7 +296,17 @@ def _line(r: Row) -> str:
     )
 
 
-def table(n_objects: int, rows: list[Row], calls: dict[str, Counter[str]] | None) -> str:
+def pods_not_running(bins: Bins) -> str:
+    """Pods of the whole cluster that are not Running, by phase: each tool's wait needs none."""
+    args = [str(bins.kubectl), f"--kubeconfig={bins.kubeconfig}", "get", "pods", "-A"]
+    args += ["--field-selector=status.phase!=Running", "-o", "jsonpath={.items[*].status.phase}"]
+    phases = Counter(_must(run_child(args), args).stdout.split())
+    return ", ".join(f"{phase} {n}" for phase, n in sorted(phases.items())) or "none"
+
+
+def table(
+    n_objects: int, rows: list[Row], calls: dict[str, Counter[str]] | None, notes: list[str]
+) -> str:
     """The markdown table at one size; ratios are tool time / gitsync time."""
     base = next((r for r in rows if r.tool == "gitsync"), None)
     lines = [
@@ -227,9 +326,15 @@ def table(n_objects: int, rows: list[Row], calls: dict[str, Counter[str]] | None
         if r.tool == "gitsync":
             rss += " (whole bench process)"
         lines.append(f"| {LABELS[r.tool]} | {' | '.join(cells)} | {rss} |")
-    details = [f"{r.tool} first: {r.first.detail}" for r in rows if r.first.detail]
+    details = [
+        f"- {r.tool} {name}: {step.detail}"
+        for r in rows
+        for name, step in (("first", r.first), ("no-op", r.noop), ("change", r.change))
+        if step.detail
+    ]
     if details:
-        lines += ["", "; ".join(details)]
+        lines += ["", *details]
+    lines += ["", *notes] if notes else []
     if calls:
         lines += ["", "gitsync API calls (kube.calls):", ""]
         for name, counted in calls.items():
@@ -245,6 +350,12 @@ def deployments(total: int) -> int:
     return 10 * scale * dict(MIX)["Deployment"]
 
 
+def node_sizing(pods: int) -> tuple[int, int]:
+    """KWOK nodes and Pods per node with room for ``pods`` and a fifth to spare."""
+    nodes = 3
+    return nodes, max(110, math.ceil(pods * 1.2 / nodes))
+
+
 @contextlib.contextmanager
 def cluster(kubeconfig: str | None, pods: int) -> Iterator[tuple[Path, Path]]:
     """(kubeconfig, kubectl) of a given cluster, or of one started with room for ``pods``."""
@@ -252,8 +363,7 @@ def cluster(kubeconfig: str | None, pods: int) -> Iterator[tuple[Path, Path]]:
     if kubeconfig:
         yield Path(kubeconfig), bin_dir / "kubectl"
         return
-    nodes = 3
-    per_node = max(110, math.ceil(pods * 1.2 / nodes))
+    nodes, per_node = node_sizing(pods)
     with tempfile.TemporaryDirectory(prefix="gitsync-peers-") as tmp:
         cfg = ClusterConfig(
             work_dir=Path(tmp),
@@ -309,7 +419,11 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(row)
                 print(f"bench_peers: {_line(row)}", file=sys.stderr, flush=True)
             rows.sort(key=lambda r: TOOLS.index(r.tool))
-            tables.append(table(n_objects, rows, calls))
+            notes = [f"Pods not Running on the cluster after this size: {pods_not_running(bins)}."]
+            if not args.kubeconfig:
+                nodes, per_node = node_sizing(pods)
+                notes.append(f"KWOK nodes: {nodes} x {per_node} Pods, for {pods} Pods of the run.")
+            tables.append(table(n_objects, rows, calls, notes))
             print(tables[-1], flush=True)
             print(flush=True)
     return 0
