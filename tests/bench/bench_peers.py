@@ -32,7 +32,9 @@ from pathlib import Path
 
 from gitsync import config, log
 from gitsync.devcluster import ClusterConfig, DevCluster, resolve_bin_dir
+from gitsync.engine.steady import SteadyMemo
 from gitsync.engine.sync import Context
+from gitsync.informers.hub import Informers
 from gitsync.kube import Kube
 from tests.bench.bench_sync import MIX, generate, run_sync
 from tests.support.repos import BareRepo
@@ -255,25 +257,50 @@ def bench_peer(tool: str, bins: Bins, work: Path, files: dict[str, str], prefix:
 def bench_gitsync(
     kubeconfig: Path, work: Path, files: dict[str, str], run: str
 ) -> tuple[Row, dict[str, Counter[str]]]:
-    """sync_app in this process, as bench_sync does; RSS is this process's peak."""
+    """sync_app in this process as ``gitsync run`` runs it: with the controller's shared
+    informers (started cold by the first sync, their calls counted with the sync's) and
+    its steady-poll memo. RSS is this process's peak."""
     repo = BareRepo(work / "gitsync.git")
     repo.commit(files, message="bench v1")
     raw = {"name": f"bench-{run}", "repo": repo.file_url, "namespace": "default"}
     (app,) = config.parse({"apps": [raw]}).apps
     kube = Kube.connect(kubeconfig=kubeconfig)
-    ctx = Context(kube=kube, cache_dir=work / "gitsync-cache", state_namespace=f"bs-{run}")
+    hub_kube = Kube.connect(kubeconfig=kubeconfig)
+    hub, memo = Informers(hub_kube), SteadyMemo()
+    state_ns = f"bs-{run}"
+    ctx = Context(
+        kube=kube,
+        cache_dir=work / "gitsync-cache",
+        state_namespace=state_ns,
+        informers=hub,
+        steady=memo,
+    )
     steps: list[Step] = []
     calls: dict[str, Counter[str]] = {}
-    for name in ("first", "noop", "change"):
-        if name == "change":
-            repo.commit(_change(files), message="bench v2")
-        result, seconds, gate, counted = run_sync(app, ctx)
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        detail = f"gate {gate:.2f} s, {result.result}"
-        steps.append(Step(seconds=seconds, rss_mib=rss, detail=detail))
-        calls[name] = counted
+    try:
+        for name in ("first", "noop", "change"):
+            if name == "change":
+                repo.commit(_change(files), message="bench v2")
+            elif name == "noop":
+                _settle(lambda: memo.check(app, repo.head(), hub, state_namespace=state_ns))
+            hub_kube.calls.clear()
+            result, seconds, gate, counted = run_sync(app, ctx)
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            detail = f"gate {gate:.2f} s, {result.result}"
+            steps.append(Step(seconds=seconds, rss_mib=rss, detail=detail))
+            calls[name] = counted + hub_kube.calls
+    finally:
+        hub.stop()
     first, noop, change = steps
     return Row(tool="gitsync", first=first, noop=noop, change=change), calls
+
+
+def _settle(ready: Callable[[], object], timeout: float = 10.0) -> None:
+    """Wait (untimed) until the informers have seen the last sync's own writes, as they
+    have between two polls of a controller; go on regardless after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while ready() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _cell(step: Step, base: Step | None) -> str:
