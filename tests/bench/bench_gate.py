@@ -100,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     log.configure(json=True, level="warning")
     # Three sets of a tenth Deployments each, one Pod apiece, on 3 nodes: room for them.
-    node_pods = str(max(1000, args.objects // 10 + 200))
-    with cluster(args.kubeconfig, node_pods=node_pods) as (kubeconfig, kubectl):
+    with cluster(args.kubeconfig, 3 * (args.objects // 10)) as (kubeconfig, kubectl):
         applier = Kube.connect(kubeconfig=kubeconfig)
         lines, namespaces = [], []
         ns, line = run("own watches (sync --once)", kubeconfig, applier, args.objects, None)

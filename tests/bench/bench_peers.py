@@ -14,9 +14,7 @@ here asserts a time.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import math
 import os
 import resource
 import subprocess
@@ -26,17 +24,16 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from gitsync import config, log
-from gitsync.devcluster import ClusterConfig, DevCluster, resolve_bin_dir
 from gitsync.engine.steady import SteadyMemo
 from gitsync.engine.sync import Context
 from gitsync.informers.hub import Informers
 from gitsync.kube import Kube
-from tests.bench.bench_sync import MIX, generate, run_sync
+from tests.bench.bench_sync import MIX, cluster, generate, node_sizing, run_sync
 from tests.support.repos import BareRepo
 
 TOOLS = ("gitsync", "kapply", "flux", "kubectl")
@@ -375,32 +372,6 @@ def deployments(total: int) -> int:
     per_ns = sum(n for _, n in MIX)
     scale = max(1, round(total / (10 * per_ns)))
     return 10 * scale * dict(MIX)["Deployment"]
-
-
-def node_sizing(pods: int) -> tuple[int, int]:
-    """KWOK nodes and Pods per node with room for ``pods`` and a fifth to spare."""
-    nodes = 3
-    return nodes, max(110, math.ceil(pods * 1.2 / nodes))
-
-
-@contextlib.contextmanager
-def cluster(kubeconfig: str | None, pods: int) -> Iterator[tuple[Path, Path]]:
-    """(kubeconfig, kubectl) of a given cluster, or of one started with room for ``pods``."""
-    bin_dir = resolve_bin_dir()
-    if kubeconfig:
-        yield Path(kubeconfig), bin_dir / "kubectl"
-        return
-    nodes, per_node = node_sizing(pods)
-    with tempfile.TemporaryDirectory(prefix="gitsync-peers-") as tmp:
-        cfg = ClusterConfig(
-            work_dir=Path(tmp),
-            bin_dir=bin_dir,
-            die_with_parent=True,
-            nodes=nodes,
-            node_pods=str(per_node),
-        )
-        with DevCluster(cfg) as dev:
-            yield dev.kubeconfig, bin_dir / "kubectl"
 
 
 def peers_bin() -> Path:

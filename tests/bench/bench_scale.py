@@ -54,10 +54,9 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 from gitsync import log as glog
-from gitsync.devcluster import ClusterConfig, DevCluster, resolve_bin_dir
 from gitsync.runtime.webhooks import sign_for_app
 from tests.bench.bench_peers import Bins, Step, _flat, peer_kubectl
-from tests.bench.bench_sync import MIX, _doc
+from tests.bench.bench_sync import MIX, _doc, cluster
 from tests.support.controller_process import GITSYNC, write_config
 from tests.support.git_fixtures import free_port
 from tests.support.repos import BareRepo
@@ -142,28 +141,6 @@ def app_files(prefix: str, namespaces: int, per_namespace: int) -> AppFiles:
         deployments=deployments,
         managed=tuple(managed),
     )
-
-
-@contextlib.contextmanager
-def cluster(kubeconfig: str | None, pods: int) -> Iterator[tuple[Path, Path]]:
-    """(kubeconfig, kubectl) of a given cluster, or of a fresh one whose KWOK nodes have
-    room for ``pods`` and a fifth more (drift patches scale some Deployments up)."""
-    bin_dir = resolve_bin_dir()
-    if kubeconfig:
-        yield Path(kubeconfig), bin_dir / "kubectl"
-        return
-    nodes = 3
-    per_node = max(110, math.ceil(pods * 1.2 / nodes))
-    with tempfile.TemporaryDirectory(prefix="gitsync-scale-cluster-") as tmp:
-        cfg = ClusterConfig(
-            work_dir=Path(tmp),
-            bin_dir=bin_dir,
-            die_with_parent=True,
-            nodes=nodes,
-            node_pods=str(per_node),
-        )
-        with DevCluster(cfg) as dev:
-            yield dev.kubeconfig, bin_dir / "kubectl"
 
 
 # --- the controller process and its log -----------------------------------------------------

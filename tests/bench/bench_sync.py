@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import re
 import resource
@@ -99,20 +100,31 @@ def _write(files: dict[str, str], root: Path) -> None:
         path.write_text(text)
 
 
+def node_sizing(pods: int) -> tuple[int, int]:
+    """KWOK nodes and Pods per node with room for ``pods`` and a fifth to spare (drift
+    patches scale some Deployments up); never below the kubelet default of 110."""
+    nodes = 3
+    return nodes, max(110, math.ceil(pods * 1.2 / nodes))
+
+
 @contextlib.contextmanager
-def cluster(kubeconfig: str | None, *, node_pods: str = "110") -> Iterator[tuple[Path, Path]]:
-    """(kubeconfig, kubectl) of a given cluster, or of one started for this run."""
+def cluster(kubeconfig: str | None, pods: int = 0) -> Iterator[tuple[Path, Path]]:
+    """(kubeconfig, kubectl) of a given cluster, or of one started for this run, whose
+    KWOK nodes have room for ``pods``."""
     bin_dir = resolve_bin_dir()
     if kubeconfig:
         yield Path(kubeconfig), bin_dir / "kubectl"
         return
+    nodes, per_node = node_sizing(pods)
     with tempfile.TemporaryDirectory(prefix="gitsync-bench-") as tmp:
-        dev = DevCluster(
-            ClusterConfig(
-                work_dir=Path(tmp), bin_dir=bin_dir, die_with_parent=True, node_pods=node_pods
-            )
+        cfg = ClusterConfig(
+            work_dir=Path(tmp),
+            bin_dir=bin_dir,
+            die_with_parent=True,
+            nodes=nodes,
+            node_pods=str(per_node),
         )
-        with dev:
+        with DevCluster(cfg) as dev:
             yield dev.kubeconfig, bin_dir / "kubectl"
 
 
@@ -191,9 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     log.configure(json=True, level="info")
     run = uuid.uuid4().hex[:5]
     # Both copies' Deployments (a tenth of the objects each), one Pod each, on 3 nodes.
-    pods = max(110, args.objects // 10 * args.replicas)
+    pods = args.objects // 10 * args.replicas
     with (
-        cluster(args.kubeconfig, node_pods=str(pods)) as (kubeconfig, kubectl),
+        cluster(args.kubeconfig, pods) as (kubeconfig, kubectl),
         tempfile.TemporaryDirectory() as tmp,
     ):
         work = Path(tmp)

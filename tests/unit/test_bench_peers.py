@@ -2,7 +2,7 @@
 
 import sys
 
-from tests.bench import bench_peers
+from tests.bench import bench_peers, bench_sync
 from tests.bench.bench_peers import Row, Step
 
 
@@ -39,5 +39,5 @@ def test_nodes_have_room_for_every_pod_of_a_full_run():
     """All four tools at 1,000 and 10,000 objects fit on the KWOK nodes at once."""
     pods = (bench_peers.deployments(1000) + bench_peers.deployments(10000)) * 4
     assert pods == 4400
-    nodes, per_node = bench_peers.node_sizing(pods)
+    nodes, per_node = bench_sync.node_sizing(pods)
     assert nodes * per_node >= pods
