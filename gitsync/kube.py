@@ -870,31 +870,10 @@ class Kube:
         resource_version: str = "",
         timeout_seconds: int = 300,
         cancel: WatchCancel | None = None,
-    ) -> Iterator[tuple[str, KubeObject]]:
-        """Stream (type, object) events; BOOKMARKs included; ends when the server closes,
-        or quietly when ``cancel`` is cancelled."""
-        for etype, obj, _line in self.watch_lines(
-            res,
-            namespace=namespace,
-            label_selector=label_selector,
-            resource_version=resource_version,
-            timeout_seconds=timeout_seconds,
-            cancel=cancel,
-        ):
-            yield etype, obj
-
-    def watch_lines(
-        self,
-        res: Resource,
-        *,
-        namespace: str = "",
-        label_selector: str = "",
-        resource_version: str = "",
-        timeout_seconds: int = 300,
-        cancel: WatchCancel | None = None,
     ) -> Iterator[tuple[str, KubeObject, bytes]]:
-        """``watch``, with each event's JSON line as received: a cache can keep the
-        bytes (a fraction of the decoded object's memory) instead of the object."""
+        """Stream (type, object, JSON line) events, BOOKMARKs included; ends when the server
+        closes, or quietly when ``cancel`` is cancelled. The line is the event as received:
+        a cache can keep those bytes (a fraction of the decoded object's memory)."""
         query = {
             "watch": "1",
             "allowWatchBookmarks": "true",

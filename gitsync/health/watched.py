@@ -45,7 +45,7 @@ class _Watch(threading.Thread):
     def run(self) -> None:
         while not self._stop.is_set():
             try:
-                for etype, obj in self._kube.watch(
+                for etype, obj, _line in self._kube.watch(
                     self._res,
                     namespace=self._ns,
                     resource_version=self._rv,

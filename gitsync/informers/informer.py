@@ -228,7 +228,7 @@ class Informer:
     def _watch(self, res: Resource, rv: str, delay: float) -> tuple[str, float]:
         """One watch request; returns where to resume ("" = relist) and the next backoff."""
         self.watches += 1
-        for etype, obj, line in self.kube.watch_lines(
+        for etype, obj, line in self.kube.watch(
             res,
             namespace=self.target.namespace,
             label_selector=self.target.selector,

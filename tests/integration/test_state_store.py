@@ -494,6 +494,6 @@ def test_the_shipped_role_allows_everything_the_state_store_does(
         resource_version=rv,
         timeout_seconds=1,
     )
-    assert [kind for kind, _obj in events if kind != "BOOKMARK"] == []
+    assert [kind for kind, _obj, _line in events if kind != "BOOKMARK"] == []
     statestore.delete(sa, app="rbac", namespace=namespace)
     assert chunks_of(kube, namespace, "rbac") == []

@@ -161,7 +161,7 @@ class CreationWatch:
             self._threads.append(t)
 
     def _run(self, kube: Kube, res: Resource, rv: str) -> None:
-        for etype, obj in kube.watch(res, resource_version=rv, timeout_seconds=3):
+        for etype, obj, _line in kube.watch(res, resource_version=rv, timeout_seconds=3):
             if etype == "ADDED":
                 key = (res.kind, obj["metadata"]["name"])
                 self.added[key] = int(obj["metadata"]["resourceVersion"])
