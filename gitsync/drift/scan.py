@@ -7,10 +7,11 @@ watches to reuse, and one LIST per kind is what it costs.
 from __future__ import annotations
 
 from gitsync.config import AppConfig
-from gitsync.drift.compare import DriftReport, DriftSet, compare, hpa_targets
+from gitsync.drift.compare import DriftReport, DriftSet, compare
 from gitsync.drift.intents import read_intent
 from gitsync.drift.watcher import DriftSettings
 from gitsync.errors import KubeError, NotFoundError
+from gitsync.informers.hub import namespace_hpa_targets
 from gitsync.kube import Kube
 from gitsync.model import APP_LABEL, Identity, KubeObject, ObjectRef, field_manager
 
@@ -41,9 +42,7 @@ def scan(
 
     def autoscaled(target: ObjectRef) -> bool:
         if target.namespace not in hpas:
-            res = kube.discover().preferred.get(("autoscaling", "HorizontalPodAutoscaler"))
-            items = kube.list_objects(res, namespace=target.namespace)[0] if res else []
-            hpas[target.namespace] = hpa_targets(items)
+            hpas[target.namespace] = namespace_hpa_targets(kube, target.namespace)
         return (target.namespace, target.kind, target.name) in hpas[target.namespace]
 
     reports: list[DriftReport] = []

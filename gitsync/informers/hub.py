@@ -29,6 +29,12 @@ HPA = ("autoscaling", "HorizontalPodAutoscaler")
 HPA_TTL = 30.0  # seconds a namespace's HPAs are trusted when they cannot be watched
 
 
+def namespace_hpa_targets(kube: Kube, namespace: str) -> frozenset[tuple[str, str, str]]:
+    """What the HPAs of one namespace scale, from one LIST (nothing if HPAs are not served)."""
+    res = kube.discover().preferred.get(HPA)
+    return hpa_targets(kube.list_objects(res, namespace=namespace)[0]) if res else frozenset()
+
+
 class Informers:
     """Get-or-start informers by ``Target``; ``stop()`` ends them all."""
 
@@ -104,15 +110,11 @@ class Informers:
         """For an identity with Roles only: its namespace's HPAs, re-read after a TTL."""
         cached = self._hpa_by_namespace.get(ref.namespace)
         if cached is None or cached[0] < time.monotonic():
-            res = self.kube.discover().preferred.get(HPA)
             targets: frozenset[tuple[str, str, str]] = frozenset()
-            if res is not None:
-                try:
-                    targets = hpa_targets(self.kube.list_objects(res, namespace=ref.namespace)[0])
-                except KubeError as e:
-                    self.log.debug(
-                        "informer.hpa_lookup_failed", namespace=ref.namespace, error=str(e)
-                    )
+            try:
+                targets = namespace_hpa_targets(self.kube, ref.namespace)
+            except KubeError as e:
+                self.log.debug("informer.hpa_lookup_failed", namespace=ref.namespace, error=str(e))
             cached = (time.monotonic() + HPA_TTL, targets)
             self._hpa_by_namespace[ref.namespace] = cached
         return (ref.namespace, ref.kind, ref.name) in cached[1]
