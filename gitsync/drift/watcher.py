@@ -126,10 +126,9 @@ class DriftWatcher:
         # only, never objects its account may not read (it gets informers of its own).
         self._owned: list[Informers] = []
         self.state_informers = informers or self._informers_as(self.state_kube)
-        if app.service_account is None and kube is self.state_kube:
+        reads_as_gitsync = informers is not None or kube is self.state_kube
+        if app.service_account is None and reads_as_gitsync:
             self.informers = self.state_informers
-        elif app.service_account is None and informers is not None:
-            self.informers = informers
         else:
             self.informers = self._informers_as(kube)
         self._queue: queue.Queue[_Message] = queue.Queue()
