@@ -22,6 +22,7 @@ from gitsync.engine import statestore
 from gitsync.engine.inventory import AppState
 from gitsync.fields import fingerprint
 from gitsync.informers.hub import Informers
+from gitsync.informers.store import Store
 from gitsync.model import APP_LABEL, Identity, KubeObject, field_manager
 
 
@@ -89,10 +90,14 @@ class SteadyMemo:
             labels = (obj.get("metadata") or {}).get("labels") or {}
             return fingerprint(obj, manager) if labels.get(APP_LABEL) == app.name else ""
 
+        stores: dict[tuple[str, str], Store] = {}
         for ident, expected in steady.entries:
-            informer = informers.managed(ident[0], ident[1])
-            if not informer.synced or informer.forbidden:
-                return None
-            if informer.store.memo(ident, key, mine) != expected:
+            store = stores.get(ident[:2])
+            if store is None:
+                informer = informers.managed(ident[0], ident[1])
+                if not informer.synced or informer.forbidden:
+                    return None
+                store = stores[ident[:2]] = informer.store
+            if store.memo(ident, key, mine) != expected:
                 return None
         return len(steady.entries)
