@@ -22,12 +22,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from gitsync.render import helm
 from gitsync.render.helm import check_helm_charts, map_hooks, offline_env
 from gitsync.render.repofiles import decode, read_bytes, relative
 from gitsync.render.yamlread import (
     Document,
     ReadError,
-    ReadLimits,
     compose_all,
     construct,
     flatten_list,
@@ -60,37 +60,14 @@ KUSTOMIZATION_FILES: tuple[str, ...] = ("kustomization.yaml", "kustomization.yml
 ORIGIN_ANNOTATION = "config.kubernetes.io/origin"
 
 
-class Limits(Protocol):
-    """What building a kustomization is bounded by (``RenderLimits`` provides it)."""
-
-    @property
-    def max_file_bytes(self) -> int:
-        """Each kustomization file, and each file origins are traced to."""
-        ...
-
-    @property
-    def max_total_bytes(self) -> int:
-        """What kustomize prints."""
-        ...
+class Limits(helm.Limits, Protocol):
+    """What building a kustomization is bounded by (``RenderLimits`` provides it): a
+    chart's bounds (``helmCharts:`` inflates charts), and kustomize's own run. File and
+    total sizes also bound each kustomization file and what kustomize prints."""
 
     @property
     def kustomize_timeout(self) -> float:
         """Seconds kustomize may run."""
-        ...
-
-    @property
-    def max_files(self) -> int:
-        """Files in a chart that helmCharts inflates."""
-        ...
-
-    @property
-    def helm_timeout(self) -> float:
-        """Seconds Helm may run (part of what kustomize runs)."""
-        ...
-
-    @property
-    def reader(self) -> ReadLimits:
-        """Each YAML document read."""
         ...
 
 
